@@ -1,0 +1,83 @@
+"""File permission checks made as the job user, not as root.
+
+The C++ gahp checks disk images with ``access()`` as root, so a job can attach
+any file of the host. vmgahp checks as the job's owner (``VMGAHP_USER_UID`` /
+``VMGAHP_USER_GID``): every directory on the path must be searchable and the
+file readable (or writable) by that user, from the mode bits. The check is
+pure (no seteuid), so it is safe in worker threads. POSIX ACLs are not
+consulted; without a job user (not root) plain ``os.access`` is used.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from functools import cached_property
+
+
+@dataclass(frozen=True)
+class JobUser:
+    uid: int
+    gid: int
+
+    @cached_property
+    def groups(self) -> frozenset[int]:
+        import pwd
+
+        try:
+            name = pwd.getpwuid(self.uid).pw_name
+            return frozenset(os.getgrouplist(name, self.gid))
+        except (KeyError, OSError):
+            return frozenset({self.gid})
+
+
+def _allowed(st: os.stat_result, user: JobUser, want: int) -> bool:
+    """``want`` is a combination of 4 (read), 2 (write), 1 (execute/search)."""
+    if user.uid == 0:
+        # root reads and writes anything; execute needs some x bit.
+        return not (want & 1) or bool(st.st_mode & 0o111) or stat.S_ISDIR(st.st_mode)
+    if st.st_uid == user.uid:
+        bits = (st.st_mode >> 6) & 7
+    elif st.st_gid in user.groups:
+        bits = (st.st_mode >> 3) & 7
+    else:
+        bits = st.st_mode & 7
+    return bits & want == want
+
+
+def can_access(path: str, user: JobUser | None, write: bool = False) -> bool:
+    """True if ``user`` may read (or read and write) the file at ``path``."""
+    want = 6 if write else 4
+    if user is None:
+        return os.access(path, os.R_OK | (os.W_OK if write else 0))
+    path = os.path.abspath(path)
+    try:
+        parent = os.path.dirname(path)
+        components = []
+        while True:
+            components.append(parent)
+            up = os.path.dirname(parent)
+            if up == parent:
+                break
+            parent = up
+        for directory in reversed(components):
+            if not _allowed(os.stat(directory), user, 1):
+                return False
+        st = os.stat(path)
+    except OSError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    return _allowed(st, user, want)
+
+
+def job_user_from_env(environ: dict[str, str] | os._Environ[str]) -> JobUser | None:
+    """VMGAHP_USER_UID/GID; unset, empty, non-numeric or <= 0 counts as unset."""
+    uid_text = environ.get("VMGAHP_USER_UID", "").strip()
+    if not uid_text.isdigit() or int(uid_text) <= 0:
+        return None
+    uid = int(uid_text)
+    gid_text = environ.get("VMGAHP_USER_GID", "").strip()
+    gid = int(gid_text) if gid_text.isdigit() and int(gid_text) > 0 else uid
+    return JobUser(uid, gid)

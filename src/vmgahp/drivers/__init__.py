@@ -1,0 +1,1 @@
+"""Hypervisor backends, loaded lazily through :mod:`vmgahp.drivers.registry`."""

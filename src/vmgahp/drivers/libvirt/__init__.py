@@ -1,0 +1,1 @@
+"""KVM and Xen through libvirt-python."""

@@ -1,0 +1,50 @@
+"""Lazy driver registry: VM type -> backend class, imported only when used.
+
+Nothing here imports a hypervisor library. ``available_types`` asks the import
+system whether a backend's library is installed (``find_spec``), which costs
+microseconds, so ``SUPPORT_VMS`` and the probe stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .base import Hypervisor
+
+
+@dataclass(frozen=True)
+class DriverEntry:
+    vm_type: str
+    module: str
+    cls: str
+    requires: str  # top-level module the backend needs
+
+
+# Order is the SUPPORT_VMS order (the C++ answers "S xen kvm").
+DRIVERS: tuple[DriverEntry, ...] = (
+    DriverEntry("xen", "vmgahp.drivers.libvirt.driver", "LibvirtHypervisor", "libvirt"),
+    DriverEntry("kvm", "vmgahp.drivers.libvirt.driver", "LibvirtHypervisor", "libvirt"),
+)
+
+
+def known_types() -> tuple[str, ...]:
+    return tuple(entry.vm_type for entry in DRIVERS)
+
+
+def available_types() -> tuple[str, ...]:
+    """The VM types whose backend library is installed on this host."""
+    return tuple(e.vm_type for e in DRIVERS if importlib.util.find_spec(e.requires) is not None)
+
+
+def load_hypervisor(vm_type: str, settings: Settings) -> Hypervisor:
+    """Import the backend for ``vm_type`` and construct it (no connection yet)."""
+    for entry in DRIVERS:
+        if entry.vm_type == vm_type:
+            module = importlib.import_module(entry.module)
+            return getattr(module, entry.cls)(settings, vm_type)
+    raise KeyError(f"no driver for VM type {vm_type!r}")

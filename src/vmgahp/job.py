@@ -1,0 +1,247 @@
+"""Job ClassAd -> a validated, typed VM description (pydantic).
+
+:func:`build_job` runs the C++ gahp's checks in the C++ order (spec 4.3,
+``parseCommonParamFromClassAd`` then the KVM or Xen part), so the first
+failure yields the token the starter expects. Unknown attributes are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from . import errors
+from .access import JobUser, can_access
+from .config import Settings
+from .disks import DiskListError, DiskSpec, parse_disk_list
+from .errors import GahpError
+from .jobad import JobAd
+from .networking import NetworkPlan
+
+MIN_MEMORY_MIB = 32  # the C++ raises smaller requests to 32 MiB
+
+
+class Disk(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    device: str
+    permission: str
+    format: str = ""
+    transferred: bool = False
+
+    @property
+    def writable(self) -> bool:
+        return self.permission.lower() in ("w", "rw")
+
+    @property
+    def is_cdrom(self) -> bool:
+        return self.path.lower().endswith(".iso")
+
+    @classmethod
+    def from_spec(cls, spec: DiskSpec) -> "Disk":
+        return cls(
+            path=spec.path,
+            device=spec.device,
+            permission=spec.permission,
+            format=spec.format,
+            transferred=spec.transferred,
+        )
+
+
+class XenBoot(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kernel: str  # "included", "vmx" or a kernel path
+    initrd: str = ""
+    root: str = ""
+    kernel_params: str = ""
+    bootloader: str = ""
+
+    @property
+    def mode(self) -> Literal["included", "vmx", "kernel"]:
+        lowered = self.kernel.lower()
+        if lowered in ("included", "vmx"):
+            return lowered  # type: ignore[return-value]
+        return "kernel"
+
+
+class VmJob(BaseModel):
+    """Everything a driver needs to build and run the VM of one job."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vm_type: Literal["kvm", "xen"]
+    name: str
+    working_dir: str
+    memory_mib: int
+    vcpus: int = 1
+    networking_type: str = ""  # "" when the job has no network
+    mac: str = ""
+    bridge_interface: str = ""
+    checkpoint: bool = False
+    hardware_vt: bool = False
+    vnc_console: bool = False
+    no_output_vm: bool = False
+    disks: tuple[Disk, ...] = ()
+    xen: XenBoot | None = None
+    transfer_intermediate: tuple[str, ...] = ()
+    owner_uid: int | None = None
+    owner_gid: int | None = None
+    ad_text: str = ""  # the ad as sorted Name = value lines (XML script input)
+
+    @property
+    def has_transferred_disk(self) -> bool:
+        return any(d.transferred for d in self.disks)
+
+
+def vm_name(ad: JobAd) -> str | None:
+    """``<User with @ -> _>_<ClusterId>.<ProcId>`` (create_name_for_VM)."""
+    user = ad.get_str("User")
+    cluster = ad.get_int("ClusterId")
+    proc = ad.get_int("ProcId")
+    if not user or cluster is None or proc is None:
+        return None
+    return f"{user.replace('@', '_')}_{cluster}.{proc}"
+
+
+def _split_list(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def build_job(
+    ad: JobAd,
+    vm_type: str,
+    settings: Settings,
+    network: NetworkPlan,
+    user: JobUser | None,
+) -> VmJob:
+    """Validate the ad for ``vm_type``; raise GahpError with the C++ token."""
+    working_dir = ad.get_str("VM_WORKING_DIR") or ""
+
+    # 1. memory
+    memory = ad.get_int("JobVMMemory")
+    if memory is None:
+        memory = ad.get_int("RequestMemory")
+    if memory is None:
+        raise GahpError(errors.JOBCLASSAD_NO_VM_MEMORY_PARAM, "neither JobVMMemory nor RequestMemory")
+    if memory <= 0 or memory > settings.vm_memory:
+        raise GahpError(
+            errors.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST,
+            f"{memory} MiB requested, VM_MEMORY allows {settings.vm_memory} MiB",
+        )
+    # 2. vcpus
+    vcpus = ad.get_int("JobVM_VCPUS")
+    if vcpus is None:
+        vcpus = ad.get_int("RequestCpus")
+    vcpus = max(1, vcpus or 1)
+    # 3. networking
+    networking_type = ""
+    mac = ""
+    if ad.get_bool("JobVMNetworking"):
+        if not network.enabled:
+            raise GahpError(errors.JOBCLASSAD_MISMATCHED_NETWORKING, "networking is off on this host")
+        wanted = (ad.get_str("JobVMNetworkingType") or "").strip().lower()
+        if wanted and wanted not in network.types:
+            raise GahpError(
+                errors.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE,
+                f"type {wanted!r} not in {','.join(network.types)}",
+            )
+        networking_type = wanted or network.default
+        mac = (ad.get_str("JobVM_MACADDR") or "").strip()
+    # 4. checkpoint flag
+    checkpoint = bool(ad.get_bool("JobVMCheckpoint"))
+    # 5. VM name
+    name = vm_name(ad)
+    if name is None:
+        raise GahpError(errors.CRITICAL, "the VM name needs User, ClusterId and ProcId")
+    # 6. hardware VT
+    hardware_vt = bool(ad.get_bool("JobVMHardwareVT"))
+    if hardware_vt and not settings.hardware_vt:
+        raise GahpError(errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT, "VM_HARDWARE_VT is off")
+    # 7. no-output flag
+    no_output_vm = bool(ad.get_bool("VMPARAM_No_Output_VM"))
+    # 8. memory floor
+    memory = max(memory, MIN_MEMORY_MIB)
+
+    xen = None
+    if vm_type == "xen":
+        xen = _xen_boot(ad, settings, working_dir, hardware_vt, user)
+        disk_tokens = (errors.XEN_NO_DISK_PARAM, errors.XEN_INVALID_DISK_PARAM, errors.XEN_MISMATCHED_CHECKPOINT)
+    else:
+        disk_tokens = (errors.KVM_NO_DISK_PARAM, errors.KVM_INVALID_DISK_PARAM, errors.KVM_MISMATCHED_CHECKPOINT)
+    no_disk, invalid_disk, mismatched_ckpt = disk_tokens
+
+    disk_text = ad.get_str("VMPARAM_vm_Disk")
+    if not disk_text or not disk_text.strip():
+        raise GahpError(no_disk, "VMPARAM_vm_Disk is missing")
+    try:
+        disks = tuple(Disk.from_spec(d) for d in parse_disk_list(disk_text, working_dir, user))
+    except DiskListError as exc:
+        raise GahpError(invalid_disk, str(exc)) from exc
+    if checkpoint and any(d.transferred for d in disks):
+        raise GahpError(mismatched_ckpt, "checkpointing needs every disk on a shared filesystem")
+
+    ad.set_str("VMPARAM_VM_NAME", name)
+    return VmJob(
+        vm_type=vm_type,  # type: ignore[arg-type]
+        name=name,
+        working_dir=working_dir,
+        memory_mib=memory,
+        vcpus=vcpus,
+        networking_type=networking_type,
+        mac=mac,
+        bridge_interface=settings.bridge_interface if networking_type == "bridge" else "",
+        checkpoint=checkpoint,
+        hardware_vt=hardware_vt,
+        vnc_console=bool(ad.get_bool("JobVMVNCConsole")),
+        no_output_vm=no_output_vm,
+        disks=disks,
+        xen=xen,
+        transfer_intermediate=_split_list(ad.get_str("TransferIntermediate")),
+        owner_uid=user.uid if user else None,
+        owner_gid=user.gid if user else None,
+        ad_text=ad.print_sorted(),
+    )
+
+
+def _resolve_file(path: str, working_dir: str) -> str:
+    """A transferred kernel/initrd is used from the working dir (spec 4.3)."""
+    local = os.path.join(working_dir, os.path.basename(path))
+    if working_dir and os.path.isfile(local):
+        return local
+    return path
+
+
+def _xen_boot(
+    ad: JobAd, settings: Settings, working_dir: str, hardware_vt: bool, user: JobUser | None
+) -> XenBoot:
+    kernel = (ad.get_str("VMPARAM_Xen_Kernel") or "").strip()
+    if not kernel:
+        raise GahpError(errors.XEN_NO_KERNEL_PARAM, "VMPARAM_Xen_Kernel is missing")
+    initrd = (ad.get_str("VMPARAM_Xen_Initrd") or "").strip()
+    root = (ad.get_str("VMPARAM_Xen_Root") or "").strip()
+    params = (ad.get_str("VMPARAM_Xen_Kernel_Params") or "").strip()
+    lowered = kernel.lower()
+    if lowered == "included":
+        if not settings.xen_bootloader:
+            raise GahpError(errors.CRITICAL, "XEN_BOOTLOADER is not configured")
+        return XenBoot(kernel="included", bootloader=settings.xen_bootloader, kernel_params=params)
+    if lowered == "vmx":
+        if not hardware_vt:
+            raise GahpError(errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT, "xen_kernel = vmx needs JobVMHardwareVT")
+        return XenBoot(kernel="vmx", kernel_params=params)
+    kernel_path = _resolve_file(kernel, working_dir)
+    if not can_access(kernel_path, user):
+        raise GahpError(errors.XEN_KERNEL_NOT_FOUND, f"cannot read kernel {kernel_path}")
+    if initrd:
+        initrd = _resolve_file(initrd, working_dir)
+        if not can_access(initrd, user):
+            raise GahpError(errors.XEN_INITRD_NOT_FOUND, f"cannot read initrd {initrd}")
+    if not root:
+        raise GahpError(errors.XEN_NO_ROOT_DEVICE_PARAM, "VMPARAM_Xen_Root is required with a kernel path")
+    return XenBoot(kernel=kernel_path, initrd=initrd, root=root, kernel_params=params)

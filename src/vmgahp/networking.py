@@ -1,0 +1,39 @@
+"""Which networking types this gahp offers (spec 4.6), as a pure function.
+
+The configured ``VM_NETWORKING_TYPE`` list is filtered by what the host can
+really provide: ``bridge`` needs ``VM_NETWORKING_BRIDGE_INTERFACE``; ``user``
+is KVM-only and needs a backend the hypervisor supports. The default type
+falls back to ``user`` when it survived, else ``nat`` (the C++ rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPlan:
+    types: tuple[str, ...]  # empty: networking is off for this gahp
+    default: str
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.types)
+
+
+def plan_networking(settings: Settings, vm_type: str, user_supported: bool) -> NetworkPlan:
+    if not settings.networking:
+        return NetworkPlan((), "")
+    types = [t for t in settings.networking_types if t in ("nat", "bridge", "user")]
+    if not settings.bridge_interface and "bridge" in types:
+        types.remove("bridge")
+    if "user" in types and not (vm_type == "kvm" and user_supported):
+        types.remove("user")
+    if not types:
+        return NetworkPlan((), "")
+    default = settings.networking_default_type
+    if not default or default not in types:
+        default = "user" if "user" in types else "nat"
+    return NetworkPlan(tuple(types), default)

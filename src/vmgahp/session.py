@@ -1,0 +1,169 @@
+"""The GAHP session: a pure state machine from lines in to actions out.
+
+Theory of operation
+-------------------
+The daemon feeds every complete input line to :meth:`GahpSession.receive_line`
+and every finished VM operation to :meth:`GahpSession.complete`. Both return a
+list of actions the I/O shell carries out in order:
+
+* ``Send(text)``  - write ``text`` plus ``\\n`` on stdout;
+* ``Dispatch(request)`` - start a VM operation off the command loop;
+* ``Quit()`` - destroy every VM, then send ``S`` and exit 0.
+
+The session owns what the C++ gahp keeps in its ``VMGahp`` object: async mode,
+the "R already signalled" flag, the FIFO of finished results, the set of
+pending request ids, and the job ad being received. It never touches a file
+descriptor, a thread or a hypervisor, so every rule of spec sections 2 and 3
+is unit-testable line by line.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from . import commands, wire
+from .commands import Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A VM command accepted with ``S`` and waiting to be executed."""
+
+    request_id: int
+    command: str  # canonical upper-case name, e.g. "CONDOR_VM_STATUS"
+    vm_type: str = ""  # CONDOR_VM_START only, lower-cased
+    vm_id: int = 0  # every other VM command; 0 names no VM
+    ad_lines: tuple[str, ...] | None = None  # START: the job ad at that moment
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+Action = Send | Dispatch | Quit
+
+_S = Send("S")
+_E = Send("E")
+
+
+class GahpSession:
+    """One starter conversation. Not thread-safe: the daemon serialises calls."""
+
+    def __init__(self, supported_types: tuple[str, ...], version_line: str) -> None:
+        self.supported_types = tuple(t.lower() for t in supported_types)
+        self.version_line = version_line
+        self.async_mode = True  # the C++ gahp starts in async mode
+        self._r_signalled = False
+        self._results: deque[str] = deque()
+        self._pending: set[int] = set()
+        self._in_ad = False
+        self._ad_lines: list[str] | None = None
+        self.quitting = False
+
+    # ------------------------------------------------------------------ input
+    def receive_line(self, line: str) -> list[Action]:
+        if self.quitting:
+            return []
+        if self._in_ad:
+            return self._ad_line(line)
+        words = wire.split_words(line)
+        spec = commands.lookup(words[0])
+        if spec is None or len(words) != spec.words:
+            return [_E]
+        if spec.kind is Kind.VM:
+            return self._vm_command(spec, words)
+        return self._local_command(spec.name)
+
+    def _ad_line(self, line: str) -> list[Action]:
+        # Only the exact, whole line CLASSAD_END leaves ad mode; anything
+        # else, commands included, is an attribute line with no reply (Q5).
+        if line.upper() == "CLASSAD_END":
+            self._in_ad = False
+            return [_S]
+        assert self._ad_lines is not None
+        self._ad_lines.append(line)
+        return []
+
+    def _vm_command(self, spec: commands.CommandSpec, words: list[str]) -> list[Action]:
+        if not wire.is_request_id(words[1]):
+            return [_E]
+        request_id = int(words[1])
+        if request_id in self._pending:
+            return [_E]
+        argument = words[2]
+        if spec.argument == "vmtype":
+            vm_type = argument.lower()
+            if vm_type not in self.supported_types:
+                return [_E]
+            ad = tuple(self._ad_lines) if self._ad_lines is not None else None
+            request = Request(request_id, spec.name, vm_type=vm_type, ad_lines=ad)
+        else:
+            if not wire.is_vm_id(argument):
+                return [_E]
+            request = Request(request_id, spec.name, vm_id=int(argument or 0))
+        self._pending.add(request_id)
+        return [_S, Dispatch(request)]
+
+    def _local_command(self, name: str) -> list[Action]:
+        if name == "RESULTS":
+            lines = [f"S {len(self._results)}", *self._results]
+            self._results.clear()
+            self._r_signalled = False
+            return [Send(text) for text in lines]
+        if name == "COMMANDS":
+            return [Send(commands.COMMANDS_REPLY)]
+        if name == "SUPPORT_VMS":
+            return [Send(" ".join(("S", *self.supported_types)))]
+        if name == "VERSION":
+            return [Send("S " + self.version_line)]
+        if name == "ASYNC_MODE_ON":
+            self.async_mode = True
+            self._r_signalled = False
+            return [_S]
+        if name == "ASYNC_MODE_OFF":
+            self.async_mode = False
+            return [_S]
+        if name == "CLASSAD":
+            self._in_ad = True
+            self._ad_lines = []
+            return [_S]
+        if name == "CLASSAD_END":
+            # Outside ad mode this deletes the stored ad (spec 3.3).
+            self._ad_lines = None
+            return [_S]
+        if name == "QUIT":
+            # Results not yet collected are dropped; the shell destroys the
+            # VMs before it sends the S (spec 1.9).
+            self.quitting = True
+            self._results.clear()
+            self._pending.clear()
+            return [Quit()]
+        raise AssertionError(f"unhandled local command {name}")
+
+    # ---------------------------------------------------------------- results
+    def complete(self, request_id: int, ok: bool, text: str) -> list[Action]:
+        """Queue the result of a finished request; maybe announce it with R."""
+        if self.quitting or request_id not in self._pending:
+            return []
+        self._pending.discard(request_id)
+        self._results.append(wire.result_line(request_id, ok, text))
+        if self.async_mode and not self._r_signalled:
+            self._r_signalled = True
+            return [Send("R")]
+        return []
+
+    @property
+    def pending_ids(self) -> frozenset[int]:
+        return frozenset(self._pending)
