@@ -150,4 +150,10 @@ def load_settings() -> Settings:
     import htcondor2  # deferred: 50 ms of import, only needed once
 
     param = htcondor2.param
-    return settings_from(param.get)
+
+    def get(name: str) -> str | None:
+        # param returns typed values (bool, int) for knobs HTCondor knows.
+        value = param.get(name)
+        return None if value is None else str(value)
+
+    return settings_from(get)

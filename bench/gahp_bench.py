@@ -1,0 +1,208 @@
+"""Benchmarks of the daemon process, each printed as a figure and a ratio.
+
+    .venv/bin/python bench/gahp_bench.py [--runs N]
+
+* time to banner, against a bare ``python -c pass`` of the same interpreter
+  (target: within 4x);
+* probe (``-M 0``) wall time;
+* median round trip of ``COMMANDS`` (line out, reply in) and of
+  ``CONDOR_VM_STATUS`` (line out, ``S`` in; then until the ``R`` that
+  announces its result) - target under 100 µs for the immediate reply;
+* resident memory when idle after the handshake, and with one VM running on
+  libvirt's test hypervisor (target: idle under 40 MB).
+
+Everything runs against libvirt's built-in ``test:///default`` hypervisor, so
+the figures are the gahp's own costs, not a hypervisor's. Not a test: nothing
+here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[1]
+PYTHON = TOP / ".venv" / "bin" / "python"
+VMGAHP = TOP / ".venv" / "bin" / "vmgahp"
+
+AD = """VM_WORKING_DIR = "{wd}"
+ClusterId = 42
+ProcId = 0
+User = "bench@example.org"
+JobVMType = "kvm"
+JobVMMemory = 128
+VMPARAM_vm_Disk = "disk.img:vda:w:raw"
+"""
+
+
+def _env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("_CONDOR_", "VMGAHP_"))}
+    env.update(
+        CONDOR_CONFIG="/dev/null",
+        _CONDOR_VM_MEMORY="1024",
+        _CONDOR_VM_KVM_LIBVIRT_URI="test:///default",
+        _CONDOR_VM_GAHP_LOG=str(work / "vmgahp.log"),
+        VMGAHP_VMTYPE="kvm",
+        VMGAHP_WORKING_DIR=str(work),
+        VMGAHP_USER_UID=str(os.getuid() or 1000),
+        VMGAHP_USER_GID=str(os.getgid() or 1000),
+    )
+    return env
+
+
+class Gahp:
+    def __init__(self, work: Path) -> None:
+        self.proc = subprocess.Popen(
+            [str(VMGAHP), "-f", "-M", "3"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_env(work),
+            cwd=work,
+            bufsize=0,
+        )
+        self.out = self.proc.stdout
+        self.banner = self.readline()
+
+    def readline(self) -> str:
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            chunk = os.read(self.out.fileno(), 1)
+            if not chunk:
+                raise EOFError("gahp closed stdout")
+            line += chunk
+        return line.decode().rstrip("\n")
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text.encode() + b"\r\n")
+
+    def ask(self, text: str) -> str:
+        self.send(text)
+        return self.readline()
+
+    def rss_kib(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0])
+
+    def close(self) -> None:
+        self.send("QUIT")
+        self.proc.wait(timeout=30)
+
+
+def median_seconds(fn, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def bench_startup(work: Path, runs: int) -> None:
+    bare = median_seconds(lambda: subprocess.run([str(PYTHON), "-c", "pass"], check=True), runs)
+
+    def to_banner() -> None:
+        Gahp(work).close()
+
+    def banner_only() -> None:
+        gahp = Gahp(work)
+        gahp.proc.kill()
+        gahp.proc.wait()
+
+    banner = median_seconds(banner_only, runs)
+    print(f"bare python -c pass      {bare * 1e3:8.1f} ms")
+    print(f"time to banner           {banner * 1e3:8.1f} ms   ratio {banner / bare:5.2f}x (target <= 4x)")
+    env = _env(work)
+    probe = median_seconds(
+        lambda: subprocess.run([str(VMGAHP), "-f", "-M", "0", "vmtype", "kvm"], env=env, check=True,
+                               stdout=subprocess.DEVNULL),
+        runs,
+    )
+    print(f"probe -M 0               {probe * 1e3:8.1f} ms   ratio {probe / bare:5.2f}x (budget 5000 ms)")
+    to_banner()
+
+
+def bench_round_trips(work: Path, runs: int) -> None:
+    gahp = Gahp(work)
+    for line in ("COMMANDS", "SUPPORT_VMS", "ASYNC_MODE_ON"):
+        gahp.ask(line)
+    gahp.ask("COMMANDS")  # warm-up
+    commands = median_seconds(lambda: gahp.ask("COMMANDS"), runs * 50)
+    ids = iter(range(2, 10**6))
+
+    def status_immediate() -> None:
+        gahp.ask(f"CONDOR_VM_STATUS {next(ids)} 7")
+
+    def status_result() -> None:
+        # S, then the R that announces the result, then collect it.
+        gahp.ask(f"CONDOR_VM_STATUS {next(ids)} 7")
+        assert gahp.readline() == "R"
+        gahp.ask("RESULTS")
+        gahp.readline()
+
+    # No R lines while the immediate replies are timed: they would be read
+    # as the next reply. Results are drained afterwards.
+    gahp.ask("ASYNC_MODE_OFF")
+    status_s = median_seconds(status_immediate, runs * 50)
+    time.sleep(0.5)
+    count = int(gahp.ask("RESULTS").split()[1])
+    for _ in range(count):
+        gahp.readline()
+    gahp.ask("ASYNC_MODE_ON")
+    status_full = median_seconds(status_result, runs * 10)
+    print(f"COMMANDS round trip      {commands * 1e6:8.1f} µs   (target < 100 µs)")
+    print(f"STATUS -> S round trip   {status_s * 1e6:8.1f} µs   (target < 100 µs)")
+    print(f"STATUS -> result (R)     {status_full * 1e6:8.1f} µs   (worker thread + RESULTS)")
+    gahp.close()
+
+
+def bench_memory(work: Path) -> None:
+    gahp = Gahp(work)
+    for line in ("COMMANDS", "SUPPORT_VMS", "ASYNC_MODE_ON"):
+        gahp.ask(line)
+    time.sleep(1.0)  # let the post-banner warm-up finish
+    idle = gahp.rss_kib()
+    (work / "disk.img").write_bytes(b"\0" * 4096)
+    gahp.ask("CLASSAD")
+    for line in AD.format(wd=work).splitlines():
+        gahp.send(line)
+    gahp.ask("CLASSAD_END")
+    gahp.ask("CONDOR_VM_START 2 kvm")
+    assert gahp.readline() == "R"
+    gahp.ask("RESULTS")
+    result = gahp.readline()
+    with_vm = gahp.rss_kib()
+    bare = subprocess.run(
+        [str(PYTHON), "-c", "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"],
+        capture_output=True, text=True, check=True,
+    )
+    bare_kib = int(bare.stdout)
+    print(f"bare python RSS          {bare_kib / 1024:8.1f} MB")
+    print(f"idle RSS (after handshake){idle / 1024:7.1f} MB   ratio {idle / bare_kib:5.2f}x (target < 40 MB)")
+    print(f"RSS with one VM ({result.split()[-1]})   {with_vm / 1024:8.1f} MB   (libvirt, classad2, pydantic loaded)")
+    gahp.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    if not VMGAHP.exists():
+        print("run scripts/setup.sh first", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="vmgahp-bench-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)
+        bench_startup(work, args.runs)
+        bench_round_trips(work, args.runs)
+        bench_memory(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run the whole test suite with the checkout's .venv (after scripts/setup.sh).
+# pytest's exit 5 ("no tests collected") is a failure here: a run that tests
+# nothing must never pass.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "test.sh: pytest collected no tests - failing" >&2
+  exit 1
+fi
+exit "$rc"

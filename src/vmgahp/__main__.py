@@ -1,0 +1,7 @@
+"""``python -m vmgahp`` is the same program as the ``vmgahp`` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

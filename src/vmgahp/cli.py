@@ -1,0 +1,153 @@
+"""Entry point: ``vmgahp -f [-t] -M 0|3|4 ...`` and ``vmgahp run JOB.sub``.
+
+Exit codes are the C++ gahp's: 1 for every start-up failure (with nothing on
+stdout), 0 for a normal end. Only modules needed before the banner are
+imported at start-up; the hypervisor and ClassAd libraries load later.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import __version__, log
+from .argv import KILL, STANDALONE, TEST, USAGE, Invocation, UsageError, parse_argv
+
+PROTOCOL_VERSION = "0.0.1"  # the VM GAHP protocol version (what the probe reports)
+BANNER = f"$VMGahpVersion {__version__} Nov 25 2026 vmgahp\\ VMGAHP $"
+PROBE_DEADLINE = 3.5  # the startd waits 5 s for the probe
+SERVER_CHECK_DEADLINE = 30.0
+KILL_DEADLINE = 30.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "run":
+        from .run.cli import run_main
+
+        return run_main(args[1:])
+    code = _gahp_main(args)
+    sys.stdout.flush()
+    return code
+
+
+def _gahp_main(args: list[str]) -> int:
+    from .access import job_user_from_env
+
+    user = job_user_from_env(os.environ)
+    if os.geteuid() == 0 and user is None:
+        # The C++ gahp refuses to run as root without knowing the job user.
+        log.early_error("Please set environment variable 'VMGAHP_USER_UID=<uid>'")
+        return 1
+    try:
+        invocation = parse_argv(args)
+    except UsageError as exc:
+        log.early_error(f"{exc}\n{USAGE}")
+        return 1
+    log.setup(terminal=invocation.terminal_log)
+    from .startup import StartupError
+
+    try:
+        if invocation.mode == TEST:
+            return _probe(invocation)
+        if invocation.mode == KILL:
+            return _kill(invocation)
+        assert invocation.mode == STANDALONE
+        return _serve(invocation, user)
+    except StartupError as exc:
+        log.get().error("startup_failed", detail=str(exc))
+        return 1
+
+
+def _check_vm_type(vm_type: str) -> None:
+    from .drivers.registry import available_types, known_types
+    from .startup import StartupError
+
+    if vm_type not in known_types():
+        raise StartupError(f"VM type {vm_type!r} is not supported (supported: {', '.join(known_types())})")
+    if vm_type not in available_types():
+        raise StartupError(f"the {vm_type} backend's library is not installed")
+
+
+def _apply_log_settings(invocation: Invocation, settings: object) -> None:
+    log.setup(
+        path=getattr(settings, "log_path", ""),
+        debug=getattr(settings, "log_debug", False),
+        terminal=invocation.terminal_log,
+    )
+
+
+def _probe(invocation: Invocation) -> int:
+    from .startup import preflight
+
+    _check_vm_type(invocation.vm_type)
+    checked = preflight(invocation.vm_type, PROBE_DEADLINE, invocation.terminal_log)
+    settings = checked.settings
+    _apply_log_settings(invocation, settings)
+    lines = [
+        f'VM_GAHP_VERSION = "{PROTOCOL_VERSION}"',
+        f'VM_Type = "{invocation.vm_type}"',
+        f"VM_Memory = {settings.vm_memory}",
+        f"VM_Networking = {'TRUE' if settings.networking else 'FALSE'}",
+    ]
+    if settings.networking:
+        lines.append(f'VM_Networking_Types = "{",".join(settings.networking_types)}"')
+    if settings.hardware_vt:
+        lines.append("VM_HardwareVT = TRUE")
+    os.write(1, ("\n".join(lines) + "\n").encode())
+    return 0
+
+
+def _kill(invocation: Invocation) -> int:
+    from .deadline import call_with_deadline
+    from .drivers.registry import load_hypervisor
+    from .startup import StartupError, preflight
+
+    _check_vm_type(invocation.vm_type)
+    checked = preflight(None, SERVER_CHECK_DEADLINE, invocation.terminal_log)
+    _apply_log_settings(invocation, checked.settings)
+    hypervisor = load_hypervisor(invocation.vm_type, checked.settings)
+    try:
+        destroyed = call_with_deadline(lambda: hypervisor.destroy_by_name(invocation.match), KILL_DEADLINE)
+    except Exception as exc:
+        raise StartupError(f"kill of {invocation.match!r} failed: {exc}") from exc
+    log.get().info("kill_mode", name=invocation.match, destroyed=destroyed)
+    return 0
+
+
+def _serve(invocation: Invocation, user: object) -> int:
+    from .startup import StartupError, preflight
+
+    vm_type = os.environ.get("VMGAHP_VMTYPE", "").strip().lower()
+    working_dir = os.environ.get("VMGAHP_WORKING_DIR", "")
+    if not vm_type:
+        raise StartupError("cannot find vmtype (VMGAHP_VMTYPE is not set)")
+    if not working_dir:
+        raise StartupError("VMGAHP_WORKING_DIR is not set")
+    try:
+        os.chdir(working_dir)
+    except OSError as exc:
+        raise StartupError(f"cannot chdir to {working_dir}: {exc}") from exc
+    _check_vm_type(vm_type)
+    checked = preflight(vm_type, SERVER_CHECK_DEADLINE, invocation.terminal_log)
+    _apply_log_settings(invocation, checked.settings)
+
+    from .daemon import Daemon, warm_up
+    from .drivers.registry import available_types
+    from .runtime import Runtime
+    from .session import GahpSession
+
+    session = GahpSession(available_types(), BANNER)
+    daemon = Daemon(session)
+    daemon.runtime = Runtime(checked.settings, vm_type, user, daemon.report)  # type: ignore[arg-type]
+    daemon.write_banner(BANNER)
+    warm_up(log.get)
+    log.get().info("started", vm_type=vm_type, working_dir=working_dir, version=__version__)
+    code = daemon.serve()
+    log.get().info("exit", code=code)
+    # Worker threads may still sit in a hung hypervisor call: do not wait.
+    os._exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

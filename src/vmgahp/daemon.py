@@ -1,0 +1,139 @@
+"""The thin I/O shell around the session: stdin, stdout, signals, endings.
+
+The main thread reads stdin and feeds lines to the (pure) session; worker
+threads report finished requests. One lock serialises every call into the
+session together with the stdout write it produces, so replies, ``R`` lines
+and RESULTS blocks never interleave. Each reply is written with ``os.write``
+straight to the file descriptor: nothing is buffered, nothing else ever goes
+to stdout.
+
+QUIT, EOF on stdin and SIGTERM/SIGQUIT/SIGINT all destroy every VM this gahp
+started and exit 0; only QUIT prints its ``S`` (after the VMs are gone).
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import threading
+from typing import Callable
+
+from . import log
+from .runtime import Runtime
+from .session import Dispatch, GahpSession, Quit, Request, Send
+from .wire import LineFramer
+
+READ_SIZE = 65536
+_EXIT_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
+
+
+class Daemon:
+    def __init__(self, session: GahpSession, in_fd: int = 0, out_fd: int = 1) -> None:
+        self.session = session
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.runtime: Runtime | None = None
+        self._lock = threading.RLock()
+        self._framer = LineFramer()
+        self._output_broken = False
+
+    # ---------------------------------------------------------------- output
+    def _write(self, text: str) -> None:
+        if self._output_broken:
+            return
+        data = memoryview((text + "\n").encode("utf-8", "surrogateescape"))
+        try:
+            while data:
+                written = os.write(self.out_fd, data)
+                data = data[written:]
+        except OSError:
+            # The starter is gone; treat it like EOF on stdin.
+            self._output_broken = True
+
+    def write_banner(self, banner: str) -> None:
+        self._write(banner)
+
+    # --------------------------------------------------------------- results
+    def report(self, request_id: int, ok: bool, text: str) -> None:
+        """Called from worker threads when a request has finished."""
+        with self._lock:
+            for action in self.session.complete(request_id, ok, text):
+                if isinstance(action, Send):
+                    self._write(action.text)
+
+    # ------------------------------------------------------------------ input
+    def _handle_line(self, line: str) -> bool:
+        """Process one line; False when the gahp must end (QUIT)."""
+        dispatches: list[Request] = []
+        quit_requested = False
+        with self._lock:
+            for action in self.session.receive_line(line):
+                if isinstance(action, Send):
+                    self._write(action.text)
+                elif isinstance(action, Dispatch):
+                    dispatches.append(action.request)
+                elif isinstance(action, Quit):
+                    quit_requested = True
+        assert self.runtime is not None
+        for request in dispatches:
+            self.runtime.submit(request)
+        if quit_requested:
+            log.get().info("quit", detail="QUIT received; destroying VMs")
+            self.runtime.close()
+            with self._lock:
+                self._write("S")
+            return False
+        return True
+
+    def serve(self) -> int:
+        """Serve until QUIT, EOF or a termination signal; return the exit code."""
+        assert self.runtime is not None
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        old_wakeup = signal.set_wakeup_fd(wake_write)
+        for signum in _EXIT_SIGNALS:
+            signal.signal(signum, _ignore)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # DaemonCore reconfig: nothing to re-read
+        selector = selectors.DefaultSelector()
+        selector.register(self.in_fd, selectors.EVENT_READ, "stdin")
+        selector.register(wake_read, selectors.EVENT_READ, "signal")
+        try:
+            while not self._output_broken:
+                for key, _ in selector.select():
+                    if key.data == "signal":
+                        signum = os.read(wake_read, 64)[:1]
+                        log.get().info("signal", signum=signum[0] if signum else None, detail="exiting")
+                        self.runtime.close()
+                        return 0
+                    chunk = os.read(self.in_fd, READ_SIZE)
+                    if not chunk:
+                        log.get().info("eof", detail="Request buffer closed, exiting")
+                        self.runtime.close()
+                        return 0
+                    for line in self._framer.feed(chunk):
+                        if not self._handle_line(line):
+                            return 0
+            log.get().info("stdout_closed", detail="the starter went away, exiting")
+            self.runtime.close()
+            return 0
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            selector.close()
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    """The wakeup fd carries the signal to the main loop."""
+
+
+def warm_up(*tasks: Callable[[], object]) -> None:
+    """Run cheap-to-defer imports in the background after the banner."""
+
+    def run() -> None:
+        for task in tasks:
+            try:
+                task()
+            except Exception:
+                pass
+
+    threading.Thread(target=run, name="vmgahp-warmup", daemon=True).start()

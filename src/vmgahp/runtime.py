@@ -1,0 +1,245 @@
+"""Executes VM requests off the command loop.
+
+* A bounded pool of worker threads (``VM_GAHP_WORKERS``) runs the requests.
+* Mutating commands for one VM run one at a time, in arrival order (a FIFO
+  per VM id); STATUS and GETPID never wait behind them, so a STATUS is
+  answered while a CHECKPOINT of the same VM is still saving memory.
+* Every operation runs under a deadline (``VM_GAHP_CALL_TIMEOUT``); past it
+  the request fails with ``VMGAHP_ERR_INTERNAL`` and the gahp lives on. A
+  START that completes after its deadline has its VM destroyed.
+* Every domain name this gahp started is remembered, so QUIT, EOF and SIGTERM
+  can destroy them all.
+
+Results are handed to ``report(request_id, ok, text)``, which the daemon
+feeds to the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from . import errors, log
+from .access import JobUser
+from .config import Settings
+from .deadline import DeadlineCall, DeadlineExceeded
+from .drivers.base import Hypervisor
+from .errors import GahpError
+from .session import Request
+from .vm import CpuUtilization, VirtualMachine
+
+Report = Callable[[int, bool, str], None]
+HypervisorFactory = Callable[[str, Settings], Hypervisor]
+
+READ_ONLY = frozenset({"CONDOR_VM_STATUS", "CONDOR_VM_GETPID"})
+CLEANUP_DEADLINE = 15.0
+
+
+def _default_factory(vm_type: str, settings: Settings) -> Hypervisor:
+    from .drivers.registry import load_hypervisor
+
+    return load_hypervisor(vm_type, settings)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        vm_type: str,
+        user: JobUser | None,
+        report: Report,
+        hypervisor_factory: HypervisorFactory = _default_factory,
+    ) -> None:
+        self.settings = settings
+        self.vm_type = vm_type
+        self.user = user
+        self._report = report
+        self._factory = hypervisor_factory
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="vmgahp-worker")
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._hypervisor: Hypervisor | None = None
+        self._vms: dict[int, VirtualMachine] = {}
+        self._queues: dict[int, deque[Request]] = {}
+        self._names: set[str] = set()
+        self._next_vm_id = 1
+        self._starting = 0
+        self._closing = False
+        self._cpu = CpuUtilization()
+
+    # ------------------------------------------------------------ dispatching
+    def submit(self, request: Request) -> None:
+        if request.command == "CONDOR_VM_START" or request.command in READ_ONLY:
+            self._pool.submit(self._execute, request)
+            return
+        with self._lock:
+            queue = self._queues.get(request.vm_id)
+            if queue is not None:
+                queue.append(request)  # the VM's drain loop will pick it up
+                return
+            self._queues[request.vm_id] = deque([request])
+        self._pool.submit(self._drain, request.vm_id)
+
+    def _drain(self, vm_id: int) -> None:
+        """Run one VM's mutating requests in order until its queue is empty."""
+        while True:
+            with self._lock:
+                queue = self._queues[vm_id]
+                if not queue:
+                    del self._queues[vm_id]
+                    return
+                request = queue.popleft()
+            self._execute(request)
+
+    def _execute(self, request: Request) -> None:
+        ids: dict[str, Any] = {"req_id": request.request_id}
+        if request.command != "CONDOR_VM_START":
+            ids["vm_id"] = request.vm_id
+        with log.bound(**ids, command=request.command):
+            ok, text = self._run(request)
+            if ok:
+                log.get().info("request_done", result=text or "NULL")
+            self._report(request.request_id, ok, text)
+
+    def _run(self, request: Request) -> tuple[bool, str]:
+        timeout = self.settings.call_timeout
+        logger = log.get()
+        is_start = request.command == "CONDOR_VM_START"
+        try:
+            call = DeadlineCall(lambda: self._operate(request), name=f"vmgahp-req-{request.request_id}")
+            outcome = call.wait(timeout, on_late=self._destroy_late_vm if is_start else None)
+        except DeadlineExceeded as exc:
+            logger.error("request_timed_out", token=errors.INTERNAL, detail=str(exc))
+            return False, errors.INTERNAL
+        except GahpError as exc:
+            logger.warning("request_failed", token=exc.token, detail=exc.detail)
+            return False, exc.token
+        except Exception as exc:  # a bug or an unexpected library error
+            logger.exception("request_crashed", token=errors.INTERNAL, detail=repr(exc))
+            return False, errors.INTERNAL
+        if isinstance(outcome, VirtualMachine):
+            return self._register(outcome)
+        return True, outcome
+
+    # ------------------------------------------------------------- operations
+    def _operate(self, request: Request) -> str | VirtualMachine:
+        command = request.command
+        if command == "CONDOR_VM_START":
+            return self._start(request)
+        vm = self._vms.get(request.vm_id)
+        if command == "CONDOR_VM_STATUS":
+            # An unknown VM is a success (spec 3.10): it lets a vacate finish.
+            return vm.status() if vm is not None else "STATUS=Stopped"
+        if vm is None:
+            raise GahpError(errors.VM_NOT_FOUND, f"no VM with id {request.vm_id}")
+        if command == "CONDOR_VM_GETPID":
+            return str(vm.pid())
+        with vm.busy_with(command):
+            if command == "CONDOR_VM_STOP":
+                try:
+                    vm.stop(self.settings.shutdown_timeout)
+                finally:
+                    # The VM is forgotten whether or not the shutdown worked.
+                    with self._lock:
+                        self._vms.pop(vm.vm_id, None)
+            elif command == "CONDOR_VM_SUSPEND":
+                vm.suspend()
+            elif command == "CONDOR_VM_SOFT_SUSPEND":
+                vm.soft_suspend()
+            elif command == "CONDOR_VM_RESUME":
+                vm.resume()
+            elif command == "CONDOR_VM_CHECKPOINT":
+                vm.checkpoint()
+            else:
+                raise GahpError(errors.INTERNAL, f"unknown command {command}")
+        return ""
+
+    def _start(self, request: Request) -> VirtualMachine:
+        from .job import build_job  # deferred: pydantic and classad2 load here
+        from .jobad import JobAd
+
+        if request.ad_lines is None:
+            raise GahpError(errors.NO_JOBCLASSAD_INFO, "no job ad was sent")
+        ad = JobAd(request.ad_lines)
+        for line in ad.dropped:
+            log.get().warning("ad_line_ignored", line=line[:200])
+        if ad.get_str("VM_WORKING_DIR") is None:
+            raise GahpError(errors.NO_JOBCLASSAD_INFO, "the job ad has no VM_WORKING_DIR")
+        job_type = ad.get_str("JobVMType")
+        if job_type is None:
+            raise GahpError(errors.NO_JOBCLASSAD_INFO, "the job ad has no JobVMType")
+        if job_type.lower() != request.vm_type:
+            raise GahpError(errors.NO_SUPPORTED_VM_TYPE, f"JobVMType {job_type!r} but START {request.vm_type!r}")
+        if request.vm_type != self.vm_type:
+            raise GahpError(errors.NO_SUPPORTED_VM_TYPE, f"this gahp runs {self.vm_type!r} VMs")
+        with self._lock:
+            vm_id = self._next_vm_id  # consumed even if the start fails (C++)
+            self._next_vm_id += 1
+        with log.bound(vm_id=vm_id):
+            hypervisor = self._get_hypervisor()
+            job = build_job(ad, request.vm_type, self.settings, hypervisor.network_plan(), self.user)
+            with self._lock:
+                if self._closing:
+                    raise GahpError(errors.INTERNAL, "the gahp is shutting down")
+                self._names.add(job.name)
+                self._starting += 1
+            try:
+                domain = hypervisor.create(job)
+            finally:
+                with self._lock:
+                    self._starting -= 1
+                    self._idle.notify_all()
+            log.get().info("vm_started", name=job.name, memory_mib=job.memory_mib, vcpus=job.vcpus)
+            return VirtualMachine(vm_id, job, hypervisor, domain, self._cpu)
+
+    def _register(self, vm: VirtualMachine) -> tuple[bool, str]:
+        with self._lock:
+            if not self._closing:
+                self._vms[vm.vm_id] = vm
+                return True, str(vm.vm_id)
+        self._destroy_quietly(vm)
+        return False, errors.INTERNAL
+
+    def _destroy_late_vm(self, outcome: Any, error: BaseException | None) -> None:
+        if isinstance(outcome, VirtualMachine):
+            log.get().warning("late_start_destroyed", name=outcome.name)
+            self._destroy_quietly(outcome)
+
+    def _destroy_quietly(self, vm: VirtualMachine) -> None:
+        try:
+            vm.destroy()
+        except Exception as exc:
+            log.get().error("destroy_failed", name=vm.name, detail=str(exc))
+
+    def _get_hypervisor(self) -> Hypervisor:
+        with self._lock:
+            if self._hypervisor is None:
+                self._hypervisor = self._factory(self.vm_type, self.settings)
+            return self._hypervisor
+
+    # ----------------------------------------------------------------- ending
+    def close(self) -> None:
+        """Destroy every VM this gahp started; bounded in time."""
+        with self._lock:
+            self._closing = True
+            # A START inside hypervisor.create may be about to produce a VM.
+            self._idle.wait_for(lambda: self._starting == 0, timeout=CLEANUP_DEADLINE)
+            names = sorted(self._names)
+            hypervisor = self._hypervisor
+            self._vms.clear()
+        if hypervisor is not None and names:
+            calls = [
+                (name, DeadlineCall(lambda n=name: hypervisor.destroy_by_name(n), name="vmgahp-cleanup"))
+                for name in names
+            ]
+            for name, call in calls:
+                with contextlib.suppress(Exception):
+                    if call.wait(CLEANUP_DEADLINE):
+                        log.get().info("vm_destroyed", name=name)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if hypervisor is not None:
+            with contextlib.suppress(Exception):
+                hypervisor.close()

@@ -1,0 +1,315 @@
+"""One job's VM: the GAHP lifecycle rules, once for every driver.
+
+State follows the C++ gahp (``RUNNING | STOPPED | SUSPENDED`` plus a
+soft-suspend flag, spec 4.10), with one deliberate fix: a VM this gahp saved
+itself (hard suspend, checkpoint) is SUSPENDED and reports
+``STATUS=Suspended``, never ``Stopped`` (quirk Q2), so the starter does not
+end a suspended job.
+
+Methods block on the hypervisor; the runtime calls them from worker threads,
+one mutating operation at a time per VM. ``status`` may run concurrently with
+a mutating operation, so the fields it shares are guarded by a small lock and
+``busy`` names the operation in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from . import errors, log
+from .drivers.base import Domain, DomainState, Hypervisor, HypervisorError
+from .errors import GahpError
+from .job import VmJob
+
+SAVE_FILE = "xen.mem.ckpt"  # the C++ name, kept: admins and scripts know it
+TIMESTAMP_SUFFIX = ".timestamp"
+
+
+class VmState(enum.Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+
+
+class CpuUtilization:
+    """CPUUTILIZATION as the C++ computes it: one process-wide baseline.
+
+    The baseline is taken on the first Running STATUS of the process; elapsed
+    time counts in whole seconds, so a STATUS within the same second as the
+    previous one reports 1.000000 (spec 3.12, Q8, section 9).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_stamp: int | None = None
+        self._last_cpu_ns = 0
+
+    def sample(self, cpu_time_ns: int, vcpus: int) -> float:
+        now = int(time.time())
+        with self._lock:
+            if self._last_stamp is None:
+                self._last_stamp = now
+            elapsed = now - self._last_stamp
+            utilization = 1.0
+            if elapsed > 0:
+                delta = max(0, cpu_time_ns - self._last_cpu_ns)
+                utilization = delta / (elapsed * max(1, vcpus) * 1e9)
+            self._last_cpu_ns = cpu_time_ns
+            self._last_stamp = now
+        return utilization
+
+
+def _hypervisor_error(token: str, action: str, exc: Exception) -> GahpError:
+    return GahpError(token, f"{action} failed: {exc}")
+
+
+class VirtualMachine:
+    def __init__(
+        self,
+        vm_id: int,
+        job: VmJob,
+        hypervisor: Hypervisor,
+        domain: Domain,
+        cpu: CpuUtilization,
+    ) -> None:
+        self.vm_id = vm_id
+        self.job = job
+        self.hypervisor = hypervisor
+        self.domain = domain
+        self._cpu = cpu
+        self._lock = threading.Lock()
+        self.state = VmState.RUNNING
+        self.soft_suspended = False
+        self.self_shutdown = False
+        self.busy: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+    @property
+    def save_file(self) -> Path:
+        return Path(self.job.working_dir) / SAVE_FILE
+
+    @property
+    def timestamp_file(self) -> Path:
+        return Path(self.job.working_dir) / (SAVE_FILE + TIMESTAMP_SUFFIX)
+
+    @contextlib.contextmanager
+    def busy_with(self, command: str) -> Iterator[None]:
+        """Mark a mutating operation in progress (STATUS reads it)."""
+        with self._lock:
+            self.busy = command
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.busy = None
+
+    def _set(self, state: VmState, soft: bool = False) -> None:
+        with self._lock:
+            self.state = state
+            self.soft_suspended = soft
+
+    # ---------------------------------------------------------------- STATUS
+    def status(self) -> str:
+        """The STATUS text of spec 3.12 (success), or GahpError."""
+        with self._lock:
+            state, busy = self.state, self.busy
+        if state is VmState.STOPPED:
+            return "STATUS=Stopped"
+        if state is VmState.SUSPENDED and busy is None:
+            return "STATUS=Suspended"
+        try:
+            info = self.domain.info()
+        except HypervisorError as exc:
+            raise _hypervisor_error(errors.INTERNAL, "domain lookup", exc) from exc
+        if info.state is DomainState.RUNNING:
+            utilization = self._cpu.sample(info.cpu_time_ns, info.vcpus)
+            words = [
+                "STATUS=Running",
+                f"CPUUTILIZATION={utilization:f}",
+                f"CPUTIME={info.cpu_time_ns / 1e9:f}",
+            ]
+            if info.memory_kib:
+                words.append(f"MEMORY={info.memory_kib}")
+            if info.max_memory_kib:
+                words.append(f"MAXMEMORY={info.max_memory_kib}")
+            return " ".join(words)
+        if info.state is DomainState.PAUSED:
+            return "STATUS=Suspended"
+        # The domain is gone or shut off. While this gahp is saving or
+        # restoring it that is expected and not the end of the job.
+        if busy in ("CONDOR_VM_SUSPEND", "CONDOR_VM_SOFT_SUSPEND", "CONDOR_VM_CHECKPOINT", "CONDOR_VM_RESUME"):
+            return "STATUS=Suspended"
+        with self._lock:
+            if self.state is VmState.RUNNING:
+                self.self_shutdown = True
+                log.get().info("vm_exited", detail="the guest powered off by itself")
+            self.state = VmState.STOPPED
+            self.soft_suspended = False
+        return "STATUS=Stopped"
+
+    def pid(self) -> int:
+        return self.domain.pid()
+
+    # ---------------------------------------------------------- transitions
+    def soft_suspend(self) -> None:
+        if self.soft_suspended:
+            return
+        if self.state is not VmState.RUNNING:
+            raise GahpError(errors.VM_INVALID_OPERATION, f"soft suspend of a {self.state.value} VM")
+        try:
+            self.domain.pause()
+        except HypervisorError as exc:
+            # The C++ falls back to a hard suspend when pausing fails.
+            log.get().warning("pause_failed", detail=str(exc), fallback="hard suspend")
+            self.suspend()
+            return
+        self._set(VmState.RUNNING, soft=True)
+
+    def suspend(self) -> None:
+        if self.state is VmState.SUSPENDED:
+            return
+        if self.state is not VmState.RUNNING:
+            raise GahpError(errors.VM_INVALID_OPERATION, f"suspend of a {self.state.value} VM")
+        self._check_xen_hvm_suspend(errors.VM_NO_SUPPORT_SUSPEND)
+        if self.soft_suspended:
+            self._unpause()
+        target = self.save_file
+        partial = target.with_name(target.name + ".partial")
+        try:
+            partial.unlink(missing_ok=True)
+            self.domain.save(partial)
+            _fsync_file(partial)
+            # Renamed only once complete: an eviction in the middle of a
+            # save never replaces a good save file with half of one.
+            os.replace(partial, target)
+            _fsync_dir(target.parent)
+        except (HypervisorError, OSError) as exc:
+            partial.unlink(missing_ok=True)
+            raise _hypervisor_error(errors.INTERNAL, "save", exc) from exc
+        self._chown_to_owner(target)
+        self._set(VmState.SUSPENDED)
+
+    def resume(self) -> None:
+        if self.soft_suspended:
+            self._unpause()
+            return
+        if self.state is VmState.RUNNING:
+            return
+        if self.state is not VmState.SUSPENDED:
+            raise GahpError(errors.VM_INVALID_OPERATION, f"resume of a {self.state.value} VM")
+        save_file = self.save_file
+        if not os.access(save_file, os.R_OK):
+            raise GahpError(errors.VM_INVALID_SUSPEND_FILE, f"cannot read {save_file}")
+        try:
+            self.domain = self.hypervisor.restore(self.job, save_file)
+        except HypervisorError as exc:
+            raise _hypervisor_error(errors.INTERNAL, "restore", exc) from exc
+        save_file.unlink(missing_ok=True)
+        self.timestamp_file.unlink(missing_ok=True)
+        self._set(VmState.RUNNING)
+
+    def checkpoint(self) -> None:
+        if self.state is VmState.STOPPED:
+            raise GahpError(errors.VM_INVALID_OPERATION, "checkpoint of a stopped VM")
+        if not self.job.checkpoint:
+            raise GahpError(errors.VM_NO_SUPPORT_CHECKPOINT, "the job did not ask for vm_checkpoint")
+        self._check_xen_hvm_suspend(errors.VM_NO_SUPPORT_CHECKPOINT)
+        try:
+            if self.state is VmState.RUNNING:
+                self.suspend()
+            _write_atomically(self.timestamp_file, f"{int(time.time())}\n".encode())
+            self._chown_to_owner(self.timestamp_file)
+        except (GahpError, OSError) as exc:
+            raise GahpError(errors.VM_CANNOT_CREATE_CKPT_FILES, f"checkpoint: {exc}") from exc
+
+    def stop(self, grace_seconds: float) -> None:
+        """CONDOR_VM_STOP: ask the guest to power off, destroy it after the grace."""
+        if self.state is VmState.STOPPED:
+            self._cleanup_after_self_shutdown()
+            return
+        try:
+            if self.state is VmState.RUNNING:
+                if self.soft_suspended:
+                    self._unpause()
+                self.domain.shutdown(grace_seconds)
+        except HypervisorError as exc:
+            try:
+                self.domain.destroy()
+            except HypervisorError:
+                pass
+            raise _hypervisor_error(errors.INTERNAL, "shutdown", exc) from exc
+        finally:
+            self._set(VmState.STOPPED)
+
+    def destroy(self) -> None:
+        """Used at QUIT, EOF and SIGTERM: the VM must not outlive the gahp."""
+        try:
+            self.domain.destroy()
+        finally:
+            self._set(VmState.STOPPED)
+
+    # --------------------------------------------------------------- helpers
+    def _unpause(self) -> None:
+        try:
+            self.domain.unpause()
+        except HypervisorError as exc:
+            raise _hypervisor_error(errors.INTERNAL, "unpause", exc) from exc
+        self._set(VmState.RUNNING, soft=False)
+
+    def _check_xen_hvm_suspend(self, token: str) -> None:
+        xen = self.job.xen
+        if xen is not None and xen.mode == "vmx" and not self.hypervisor.settings.xen_allow_hardware_vt_suspend:
+            raise GahpError(token, "Xen HVM guests need XEN_ALLOW_HARDWARE_VT_SUSPEND")
+
+    def _chown_to_owner(self, path: Path) -> None:
+        if self.job.owner_uid is None or os.geteuid() != 0:
+            return
+        try:
+            os.chown(path, self.job.owner_uid, self.job.owner_gid or self.job.owner_uid)
+        except OSError as exc:
+            log.get().warning("chown_failed", path=str(path), detail=str(exc))
+
+    def _cleanup_after_self_shutdown(self) -> None:
+        if not self.self_shutdown:
+            return
+        # The guest ended by itself: a stale save file is no output.
+        self.save_file.unlink(missing_ok=True)
+        self.timestamp_file.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    _fsync_dir(path.parent)

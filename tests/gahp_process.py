@@ -1,0 +1,155 @@
+"""A vmgahp daemon process driven over pipes, for tests that script it directly.
+
+Transcripts cover fixed conversations; these tests need timing, signals and
+real hypervisors, so they talk to the process programmatically.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[1]
+VMGAHP = TOP / ".venv" / "bin" / "vmgahp"
+
+
+def gahp_env(work: Path, **knobs: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("_CONDOR_", "VMGAHP_", "CONDOR_CONFIG"))}
+    env.update(
+        CONDOR_CONFIG="/dev/null",
+        _CONDOR_VM_MEMORY="1024",
+        _CONDOR_VM_KVM_LIBVIRT_URI="test:///default",
+        _CONDOR_VM_GAHP_LOG=str(work / "vmgahp.log"),
+        VMGAHP_VMTYPE="kvm",
+        VMGAHP_WORKING_DIR=str(work),
+        VMGAHP_USER_UID="1000",
+        VMGAHP_USER_GID="1000",
+    )
+    for name, value in knobs.items():
+        env[name if name.startswith(("VMGAHP_", "CONDOR")) else f"_CONDOR_{name}"] = value
+    return env
+
+
+def job_ad(work: Path, disk: str = "disk.img:vda:w:raw", **extra: str) -> list[str]:
+    lines = [
+        f'VM_WORKING_DIR = "{work}"',
+        "ClusterId = 42",
+        "ProcId = 0",
+        'User = "alice@example.org"',
+        'JobVMType = "kvm"',
+        "JobVMMemory = 128",
+        f'VMPARAM_vm_Disk = "{disk}"',
+    ]
+    lines += [f"{name} = {value}" for name, value in extra.items()]
+    return lines
+
+
+class GahpProcess:
+    def __init__(self, work: Path, argv: tuple[str, ...] = ("-f", "-M", "3"), **knobs: str) -> None:
+        self.work = work
+        self.proc = subprocess.Popen(
+            [str(VMGAHP), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=gahp_env(work, **knobs),
+            cwd=work,
+            start_new_session=True,
+        )
+        self._buffer = b""
+        self._stash: dict[int, tuple[bool, str]] = {}  # results read for other requests
+        self.next_id = 1
+
+    # ------------------------------------------------------------- raw lines
+    def readline(self, timeout: float = 30.0) -> str:
+        end = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no line from vmgahp within {timeout} s; stderr: {self.stderr_tail()}")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise EOFError(f"vmgahp closed stdout; stderr: {self.stderr_tail()}")
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line.encode() + b"\r\n")
+        self.proc.stdin.flush()
+
+    def reply(self, line: str, timeout: float = 30.0) -> str:
+        """Send a command and return its reply, skipping R notifications."""
+        self.send(line)
+        while True:
+            answer = self.readline(timeout)
+            if answer != "R":
+                return answer
+
+    # --------------------------------------------------------- conversation
+    def handshake(self) -> str:
+        banner = self.readline()
+        assert banner.startswith("$VMGahpVersion "), banner
+        for command in ("COMMANDS", "SUPPORT_VMS", "ASYNC_MODE_ON"):
+            assert self.reply(command).startswith("S"), command
+        return banner
+
+    def send_ad(self, lines: list[str]) -> None:
+        assert self.reply("CLASSAD") == "S"
+        for line in lines:
+            self.send(line)
+        assert self.reply("CLASSAD_END") == "S"
+
+    def submit(self, command: str, argument: str) -> int:
+        self.next_id += 1
+        assert self.reply(f"{command} {self.next_id} {argument}") == "S"
+        return self.next_id
+
+    def result(self, request_id: int, timeout: float = 60.0) -> tuple[bool, str]:
+        """Poll RESULTS until the result of ``request_id`` arrives."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            count = int(self.reply("RESULTS").split()[1])
+            for _ in range(count):
+                words = self.readline().split(" ", 2)
+                self._stash.setdefault(int(words[0]), (words[1] == "0", words[2]))
+            found = self._stash.pop(request_id, None)
+            if found is not None:
+                return found
+            time.sleep(0.02)
+        raise TimeoutError(f"no result for request {request_id}")
+
+    def call(self, command: str, argument: str, timeout: float = 60.0) -> tuple[bool, str]:
+        return self.result(self.submit(command, argument), timeout)
+
+    # --------------------------------------------------------------- ending
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stderr_tail(self) -> str:
+        log = self.work / "vmgahp.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return text[-2000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
