@@ -7,8 +7,10 @@ run real QEMU guests (software emulation) under a real libvirtd.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -22,13 +24,16 @@ VM_NAME = "alice_example.org_42.0"
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> Path:
-    os.chmod(tmp_path, 0o755)
-    disk = tmp_path / "disk.img"
+def work() -> Path:
+    """A scratch dir the job user (uid 1000) can reach, as on an execute node."""
+    path = Path(tempfile.mkdtemp(prefix="vmgahp-test-"))
+    os.chmod(path, 0o755)
+    disk = path / "disk.img"
     with open(disk, "wb") as handle:
         handle.truncate(1 << 20)
     os.chown(disk, 1000, 1000)
-    return tmp_path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,24 +12,38 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
-from functools import cached_property
 
 
-@dataclass(frozen=True)
 class JobUser:
-    uid: int
-    gid: int
+    """The job's owner: uid, primary gid and (looked up once) its groups."""
 
-    @cached_property
+    __slots__ = ("uid", "gid", "_groups")
+
+    def __init__(self, uid: int, gid: int) -> None:
+        self.uid = uid
+        self.gid = gid
+        self._groups: frozenset[int] | None = None
+
+    def __repr__(self) -> str:
+        return f"JobUser(uid={self.uid}, gid={self.gid})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobUser) and (self.uid, self.gid) == (other.uid, other.gid)
+
+    def __hash__(self) -> int:
+        return hash((self.uid, self.gid))
+
+    @property
     def groups(self) -> frozenset[int]:
-        import pwd
+        if self._groups is None:
+            import pwd
 
-        try:
-            name = pwd.getpwuid(self.uid).pw_name
-            return frozenset(os.getgrouplist(name, self.gid))
-        except (KeyError, OSError):
-            return frozenset({self.gid})
+            try:
+                name = pwd.getpwuid(self.uid).pw_name
+                self._groups = frozenset(os.getgrouplist(name, self.gid))
+            except (KeyError, OSError):
+                self._groups = frozenset({self.gid})
+        return self._groups
 
 
 def _allowed(st: os.stat_result, user: JobUser, want: int) -> bool:

@@ -8,8 +8,6 @@ keywords match by prefix, as in the C++.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 TEST, IO, WORKER, STANDALONE, KILL = 0, 1, 2, 3, 4
 
 # DaemonCore flags that take a value, and those that do not.
@@ -33,12 +31,24 @@ class UsageError(Exception):
     """Bad argv: print usage, exit 1."""
 
 
-@dataclass(frozen=True)
 class Invocation:
-    mode: int
-    terminal_log: bool = False
-    vm_type: str = ""
-    match: str = ""
+    """What argv asked for. (A plain class: this module is on the banner path.)"""
+
+    __slots__ = ("mode", "terminal_log", "vm_type", "match")
+
+    def __init__(self, mode: int, terminal_log: bool = False, vm_type: str = "", match: str = "") -> None:
+        self.mode = mode
+        self.terminal_log = terminal_log
+        self.vm_type = vm_type
+        self.match = match
+
+    def __repr__(self) -> str:
+        return f"Invocation({self.mode}, {self.terminal_log}, {self.vm_type!r}, {self.match!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Invocation) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__
+        )
 
 
 def c_atoi(text: str) -> int:

@@ -78,11 +78,10 @@ def _apply_log_settings(invocation: Invocation, settings: object) -> None:
 
 
 def _probe(invocation: Invocation) -> int:
-    from .startup import preflight
+    from .startup import PendingPreflight
 
     _check_vm_type(invocation.vm_type)
-    checked = preflight(invocation.vm_type, PROBE_DEADLINE, invocation.terminal_log)
-    settings = checked.settings
+    settings = PendingPreflight(invocation.vm_type, PROBE_DEADLINE, invocation.terminal_log).settings()
     _apply_log_settings(invocation, settings)
     lines = [
         f'VM_GAHP_VERSION = "{PROTOCOL_VERSION}"',
@@ -101,12 +100,12 @@ def _probe(invocation: Invocation) -> int:
 def _kill(invocation: Invocation) -> int:
     from .deadline import call_with_deadline
     from .drivers.registry import load_hypervisor
-    from .startup import StartupError, preflight
+    from .startup import PendingPreflight, StartupError
 
     _check_vm_type(invocation.vm_type)
-    checked = preflight(None, SERVER_CHECK_DEADLINE, invocation.terminal_log)
-    _apply_log_settings(invocation, checked.settings)
-    hypervisor = load_hypervisor(invocation.vm_type, checked.settings)
+    settings = PendingPreflight(None, SERVER_CHECK_DEADLINE, invocation.terminal_log).settings()
+    _apply_log_settings(invocation, settings)
+    hypervisor = load_hypervisor(invocation.vm_type, settings)
     try:
         destroyed = call_with_deadline(lambda: hypervisor.destroy_by_name(invocation.match), KILL_DEADLINE)
     except Exception as exc:
@@ -116,7 +115,7 @@ def _kill(invocation: Invocation) -> int:
 
 
 def _serve(invocation: Invocation, user: object) -> int:
-    from .startup import StartupError, preflight
+    from .startup import PendingPreflight, StartupError
 
     vm_type = os.environ.get("VMGAHP_VMTYPE", "").strip().lower()
     working_dir = os.environ.get("VMGAHP_WORKING_DIR", "")
@@ -128,19 +127,24 @@ def _serve(invocation: Invocation, user: object) -> int:
         os.chdir(working_dir)
     except OSError as exc:
         raise StartupError(f"cannot chdir to {working_dir}: {exc}") from exc
+    pending = PendingPreflight(vm_type, SERVER_CHECK_DEADLINE, invocation.terminal_log)
+    # Check the type and import the daemon while the child reads the configuration.
     _check_vm_type(vm_type)
-    checked = preflight(vm_type, SERVER_CHECK_DEADLINE, invocation.terminal_log)
-    _apply_log_settings(invocation, checked.settings)
-
     from .daemon import Daemon, warm_up
     from .drivers.registry import available_types
-    from .runtime import Runtime
     from .session import GahpSession
+
+    settings = pending.settings()
+    _apply_log_settings(invocation, settings)
 
     session = GahpSession(available_types(), BANNER)
     daemon = Daemon(session)
-    daemon.runtime = Runtime(checked.settings, vm_type, user, daemon.report)  # type: ignore[arg-type]
     daemon.write_banner(BANNER)
+    # The request machinery is not needed for the banner; the starter's first
+    # command waits in the pipe meanwhile.
+    from .runtime import Runtime
+
+    daemon.runtime = Runtime(settings, vm_type, user, daemon.report)  # type: ignore[arg-type]
     warm_up(log.get)
     log.get().info("started", vm_type=vm_type, working_dir=working_dir, version=__version__)
     code = daemon.serve()

@@ -8,8 +8,8 @@ says what the third word of a VM command is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple, Optional
 
 
 class Kind(Enum):
@@ -17,12 +17,11 @@ class Kind(Enum):
     VM = "vm"  # queued as a request; the result comes through RESULTS
 
 
-@dataclass(frozen=True, slots=True)
-class CommandSpec:
+class CommandSpec(NamedTuple):
     name: str
     kind: Kind
     words: int
-    argument: str | None = None  # "vmtype" or "vmid" for VM commands
+    argument: Optional[str] = None  # "vmtype" or "vmid" for VM commands
 
 
 COMMAND_TABLE: tuple[CommandSpec, ...] = (
@@ -51,5 +50,7 @@ COMMANDS_REPLY = "S " + " ".join(spec.name for spec in COMMAND_TABLE)
 
 
 def lookup(word: str) -> CommandSpec | None:
-    """Find a command by name, case-insensitively (as the C++ strcasecmp)."""
+    """Find a command by name, case-insensitively as C strcasecmp: ASCII only."""
+    if not word.isascii():
+        return None  # str.upper() would fold 'ſ' to 'S'; strcasecmp does not
     return BY_NAME.get(word.upper())

@@ -147,13 +147,6 @@ def settings_from(get: Callable[[str], str | None]) -> Settings:
 
 def load_settings() -> Settings:
     """Read the HTCondor configuration of this process (CONDOR_CONFIG + env)."""
-    import htcondor2  # deferred: 50 ms of import, only needed once
+    from .condor_param import read_knobs
 
-    param = htcondor2.param
-
-    def get(name: str) -> str | None:
-        # param returns typed values (bool, int) for knobs HTCondor knows.
-        value = param.get(name)
-        return None if value is None else str(value)
-
-    return settings_from(get)
+    return settings_from(read_knobs().get)

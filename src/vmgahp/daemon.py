@@ -17,12 +17,14 @@ import os
 import selectors
 import signal
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import log
-from .runtime import Runtime
 from .session import Dispatch, GahpSession, Quit, Request, Send
 from .wire import LineFramer
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 READ_SIZE = 65536
 _EXIT_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)

@@ -7,11 +7,9 @@ the event belongs to no request); workers bind them with :func:`bound`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
-from typing import Any, Iterator
 
 _lock = threading.Lock()
 _logger: Any = None
@@ -74,14 +72,23 @@ def get() -> Any:
     return _logger
 
 
-@contextlib.contextmanager
-def bound(**ids: Any) -> Iterator[None]:
+class bound:  # noqa: N801 - used like a function: ``with log.bound(req_id=2):``
     """Bind ids (req_id, vm_id, ...) to every log line of this thread's block."""
-    get()
-    import structlog
 
-    with structlog.contextvars.bound_contextvars(**ids):
-        yield
+    def __init__(self, **ids: Any) -> None:
+        self._ids = ids
+        self._tokens: Any = None
+
+    def __enter__(self) -> None:
+        get()
+        import structlog
+
+        self._tokens = structlog.contextvars.bind_contextvars(**self._ids)
+
+    def __exit__(self, *exc: object) -> None:
+        import structlog
+
+        structlog.contextvars.reset_contextvars(**self._tokens)
 
 
 def early_error(message: str) -> None:

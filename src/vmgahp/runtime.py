@@ -184,10 +184,13 @@ class Runtime:
             with self._lock:
                 if self._closing:
                     raise GahpError(errors.INTERNAL, "the gahp is shutting down")
-                self._names.add(job.name)
                 self._starting += 1
             try:
                 domain = hypervisor.create(job)
+                with self._lock:
+                    # Remembered only once it is ours: a failed create may be
+                    # a name clash with another job's live domain.
+                    self._names.add(job.name)
             finally:
                 with self._lock:
                     self._starting -= 1
@@ -204,15 +207,17 @@ class Runtime:
         return False, errors.INTERNAL
 
     def _destroy_late_vm(self, outcome: Any, error: BaseException | None) -> None:
-        if isinstance(outcome, VirtualMachine):
-            log.get().warning("late_start_destroyed", name=outcome.name)
-            self._destroy_quietly(outcome)
+        if isinstance(outcome, VirtualMachine) and self._destroy_quietly(outcome):
+            log.get().warning("late_start_destroyed", name=outcome.name,
+                              detail="the VM came up after its START had timed out")
 
-    def _destroy_quietly(self, vm: VirtualMachine) -> None:
+    def _destroy_quietly(self, vm: VirtualMachine) -> bool:
         try:
             vm.destroy()
+            return True
         except Exception as exc:
             log.get().error("destroy_failed", name=vm.name, detail=str(exc))
+            return False
 
     def _get_hypervisor(self) -> Hypervisor:
         with self._lock:

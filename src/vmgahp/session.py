@@ -20,39 +20,38 @@ is unit-testable line by line.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple, Optional, Union
 
 from . import commands, wire
 from .commands import Kind
 
+# Immutable message types as NamedTuples: dataclasses would cost the banner
+# 10 ms of imports.
 
-@dataclass(frozen=True, slots=True)
-class Request:
+
+class Request(NamedTuple):
     """A VM command accepted with ``S`` and waiting to be executed."""
 
     request_id: int
     command: str  # canonical upper-case name, e.g. "CONDOR_VM_STATUS"
     vm_type: str = ""  # CONDOR_VM_START only, lower-cased
     vm_id: int = 0  # every other VM command; 0 names no VM
-    ad_lines: tuple[str, ...] | None = None  # START: the job ad at that moment
+    ad_lines: Optional[tuple[str, ...]] = None  # START: the job ad at that moment
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class Dispatch:
+class Dispatch(NamedTuple):
     request: Request
 
 
-@dataclass(frozen=True, slots=True)
-class Quit:
+class Quit(NamedTuple):
     pass
 
 
-Action = Send | Dispatch | Quit
+Action = Union[Send, Dispatch, Quit]
 
 _S = Send("S")
 _E = Send("E")
@@ -89,7 +88,7 @@ class GahpSession:
     def _ad_line(self, line: str) -> list[Action]:
         # Only the exact, whole line CLASSAD_END leaves ad mode; anything
         # else, commands included, is an attribute line with no reply (Q5).
-        if line.upper() == "CLASSAD_END":
+        if line.isascii() and line.upper() == "CLASSAD_END":
             self._in_ad = False
             return [_S]
         assert self._ad_lines is not None

@@ -1,113 +1,171 @@
 """Start-up checks, in the C++ order (spec 1.7), before anything is printed.
 
-The configuration (HTCondor's library, ~20 MB resident) and the hypervisor
-host check (the hypervisor library plus a connection) run in a short-lived
-forked child:
+Reading HTCondor's configuration (its library is ~20 MB resident) and the
+hypervisor host check (the hypervisor library plus a connection) run in a
+short-lived forked child:
 
 * the long-lived gahp never carries HTCondor's configuration library, which
   keeps its idle footprint small;
-* the host check gets a hard deadline - a libvirtd that accepts the connection
-  and never answers costs the probe at most ``deadline`` seconds, and the
-  startd's 5-second budget is kept.
+* the checks get a hard deadline - a libvirtd that accepts the connection and
+  never answers costs the probe at most ``deadline`` seconds, so the startd's
+  5-second budget is kept;
+* the parent imports the daemon while the child works.
 
-The child sends back a pickled :class:`Preflight` (or an error text) on a pipe.
+The child answers on a pipe with the knob values (plain strings) or an error
+text; the parent turns the knobs into :class:`~vmgahp.config.Settings`.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
+import json
 import select
 import signal
 import time
-from dataclasses import dataclass
 
 from . import log
-from .config import ConfigError, Settings, load_settings
-from .networking import NetworkPlan
 
 
 class StartupError(Exception):
     """A start-up check failed: log it, print nothing on stdout, exit 1."""
 
 
-@dataclass(frozen=True)
-class Preflight:
-    settings: Settings
-    network: NetworkPlan | None = None  # what the host offers (when checked)
+def _needs_host_check(vm_type: str, knobs: dict[str, str]) -> bool:
+    if vm_type == "xen":
+        return True  # XEN_BOOTLOADER is checked whatever the URI (spec 9)
+    uri = knobs.get("VM_KVM_LIBVIRT_URI", "")
+    return not uri.strip().startswith("test:")  # the test hypervisor: no host
 
 
-def _child_main(vm_type: str | None, write_fd: int, terminal_log: bool) -> None:
+def _check_host(vm_type: str, knobs: dict[str, str]) -> None:
+    from .config import ConfigError, settings_from
+
     try:
-        settings = load_settings()
-        log.setup(path=settings.log_path, debug=settings.log_debug, terminal=terminal_log)
-        network = None
-        if vm_type is not None:
-            from .drivers.base import HostCheckError
-            from .drivers.registry import load_hypervisor
+        settings = settings_from(knobs.get)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from exc
+    if vm_type == "xen" and not (settings.xen_bootloader and os.access(settings.xen_bootloader, os.R_OK)):
+        raise StartupError(f"XEN_BOOTLOADER {settings.xen_bootloader!r} is not set or not readable")
+    if settings.uri_for(vm_type).startswith("test:"):
+        return
+    from .drivers.base import HostCheckError
+    from .drivers.registry import load_hypervisor
 
-            hypervisor = load_hypervisor(vm_type, settings)
-            try:
-                hypervisor.check_host()
-                network = hypervisor.network_plan()
-            except HostCheckError as exc:
-                raise StartupError(f"{vm_type} cannot run on this host: {exc}") from exc
-            finally:
-                hypervisor.close()
-        payload = pickle.dumps(("ok", Preflight(settings, network)))
-    except (ConfigError, StartupError) as exc:
-        payload = pickle.dumps(("error", str(exc)))
-    except BaseException as exc:  # report anything; the parent decides
-        payload = pickle.dumps(("error", f"start-up check crashed: {exc!r}"))
-    view = memoryview(payload)
+    hypervisor = load_hypervisor(vm_type, settings)
+    try:
+        hypervisor.check_host()
+    except HostCheckError as exc:
+        raise StartupError(f"{vm_type} cannot run on this host: {exc}") from exc
+    finally:
+        hypervisor.close()
+
+
+def _send(write_fd: int, message: list) -> None:
+    view = memoryview(json.dumps(message).encode() + b"\n")
     while view:
         written = os.write(write_fd, view)
         view = view[written:]
 
 
-def preflight(vm_type: str | None, deadline: float, terminal_log: bool = False) -> Preflight:
-    """Load the configuration and, if ``vm_type`` is given, check the host."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        code = 0
-        try:
-            os.close(read_fd)
-            _child_main(vm_type, write_fd, terminal_log)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
+def _child_main(vm_type: str | None, write_fd: int, terminal_log: bool) -> None:
+    """Two messages: the knobs as soon as they are read, then the verdict."""
     try:
-        data = _read_all(read_fd, deadline)
-    except TimeoutError as exc:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        what = f"the {vm_type} host check" if vm_type else "reading the configuration"
-        raise StartupError(f"{what} did not finish within {deadline:g} s") from exc
-    finally:
-        os.close(read_fd)
-    os.waitpid(pid, 0)
-    if not data:
-        raise StartupError("the start-up check died without an answer")
-    status, value = pickle.loads(data)
-    if status != "ok":
-        raise StartupError(value)
-    return value
+        from .condor_param import read_knobs
+
+        knobs = read_knobs()
+        _send(write_fd, ["knobs", knobs])
+        log.setup(path=knobs.get("VM_GAHP_LOG", ""), terminal=terminal_log)
+        if vm_type is not None and _needs_host_check(vm_type, knobs):
+            _check_host(vm_type, knobs)
+        verdict = ["ok", ""]
+    except StartupError as exc:
+        verdict = ["error", str(exc)]
+    except BaseException as exc:  # report anything; the parent decides
+        verdict = ["error", f"start-up check crashed: {exc!r}"]
+    _send(write_fd, verdict)
 
 
-def _read_all(fd: int, deadline: float) -> bytes:
-    chunks = []
-    end = time.monotonic() + deadline
-    while True:
-        remaining = end - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            raise TimeoutError
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+class PendingPreflight:
+    """The checks running in a child; the parent works on meanwhile."""
+
+    def __init__(self, vm_type: str | None, deadline: float, terminal_log: bool = False) -> None:
+        self.vm_type = vm_type
+        self.deadline = deadline
+        self.terminal_log = terminal_log
+        self._started = time.monotonic()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            code = 0
+            try:
+                os.close(read_fd)
+                _child_main(vm_type, write_fd, terminal_log)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        self._pid = pid
+        self._reader = _LineReader(read_fd)
+
+    def knobs(self) -> dict[str, str]:
+        """The configuration knobs, once every check has passed."""
+        knobs: dict[str, str] | None = None
+        try:
+            while True:
+                end = self._started + self.deadline
+                kind, value = json.loads(self._reader.line(end))
+                if kind == "knobs":
+                    knobs = value
+                    # Known before the host check: the failure gets logged
+                    # where the admin looks.
+                    log.setup(path=value.get("VM_GAHP_LOG", ""), terminal=self.terminal_log)
+                    continue
+                if kind != "ok":
+                    raise StartupError(value)
+                assert knobs is not None
+                return knobs
+        except TimeoutError as exc:
+            os.kill(self._pid, signal.SIGKILL)
+            what = f"the {self.vm_type} host check" if self.vm_type else "reading the configuration"
+            raise StartupError(f"{what} did not finish within {self.deadline:g} s") from exc
+        except EOFError as exc:
+            raise StartupError("the start-up check died without an answer") from exc
+        finally:
+            self._reader.close()
+            os.waitpid(self._pid, 0)
+
+    def settings(self):  # -> Settings (config is imported here, not before)
+        from .config import ConfigError, settings_from
+
+        knobs = self.knobs()
+        try:
+            return settings_from(knobs.get)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+
+
+class _LineReader:
+    """Newline-delimited messages from a pipe, each awaited until a deadline."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+
+    def line(self, end: float) -> bytes:
+        while b"\n" not in self._buffer:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -20,12 +20,14 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import errors, log
 from .drivers.base import Domain, DomainState, Hypervisor, HypervisorError
 from .errors import GahpError
-from .job import VmJob
+
+if TYPE_CHECKING:
+    from .job import VmJob  # pydantic: loaded by the first START, not at start-up
 
 SAVE_FILE = "xen.mem.ckpt"  # the C++ name, kept: admins and scripts know it
 TIMESTAMP_SUFFIX = ".timestamp"

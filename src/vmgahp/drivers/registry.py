@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import Settings
     from .base import Hypervisor
 
-
-@dataclass(frozen=True)
-class DriverEntry:
-    vm_type: str
-    module: str
-    cls: str
-    requires: str  # top-level module the backend needs
+# ``requires``: the top-level module the backend needs. (A namedtuple, not a
+# dataclass: this module is imported on the way to the banner.)
+DriverEntry = namedtuple("DriverEntry", "vm_type module cls requires")
 
 
 # Order is the SUPPORT_VMS order (the C++ answers "S xen kvm").

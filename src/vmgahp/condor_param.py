@@ -1,0 +1,83 @@
+"""HTCondor's own configuration lookup, loaded as cheaply as possible.
+
+Kept apart from :mod:`vmgahp.config` and free of heavy imports because it runs
+in the start-up child on the path to the banner: the child reads the knobs
+in :data:`KNOBS` and hands back plain strings.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Every knob vmgahp reads (config.settings_from asks for no other).
+KNOBS = (
+    "VM_MEMORY", "VM_MAX_NUMBER", "VM_NETWORKING", "VM_NETWORKING_TYPE",
+    "VM_NETWORKING_DEFAULT_TYPE", "VM_NETWORKING_BRIDGE_INTERFACE", "VM_HARDWARE_VT",
+    "VM_SOFT_SUSPEND", "VM_GAHP_LOG", "VM_GAHP_DEBUG", "VM_GAHP_REQ_TIMEOUT",
+    "VM_GAHP_CALL_TIMEOUT", "VM_GAHP_SHUTDOWN_TIMEOUT", "VM_GAHP_WORKERS",
+    "LIBVIRT_XML_SCRIPT", "LIBVIRT_XML_SCRIPT_ARGS", "XEN_BOOTLOADER",
+    "XEN_ALLOW_HARDWARE_VT_SUSPEND", "VM_KVM_LIBVIRT_URI", "VM_XEN_LIBVIRT_URI",
+    "VM_KVM_DOMAIN_TYPE", "VM_SNAPSHOT_DISK",
+)
+
+
+def read_knobs(names: tuple[str, ...] = KNOBS) -> dict[str, str]:
+    """The knobs that are set, as strings (``param`` types some of them)."""
+    param = _param_getter()
+    values = {}
+    for name in names:
+        value = param(name)
+        if value is not None:
+            values[name] = str(value)
+    return values
+
+
+def _param_getter() -> Callable[[str], object]:  # noqa: F821 (annotation only)
+    """HTCondor's own ``param()`` lookup.
+
+    The ``htcondor2`` package imports some twenty Python modules we do not
+    need (50 ms, on the path to the banner); its compiled core, which holds
+    the configuration code, loads in a third of that. Fall back to the public
+    ``htcondor2.param`` if that private layout ever changes.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("htcondor2")
+    try:
+        assert spec is not None and spec.submodule_search_locations
+        location = next(iter(spec.submodule_search_locations))
+        candidates = [n for n in os.listdir(location) if n.startswith("htcondor2_impl.")]
+        impl_spec = importlib.util.spec_from_file_location(
+            "htcondor2_impl", os.path.join(location, candidates[0])
+        )
+        assert impl_spec is not None and impl_spec.loader is not None
+        _use_null_config_if_none()  # before the module's init reads the config
+        impl = importlib.util.module_from_spec(impl_spec)
+        impl_spec.loader.exec_module(impl)
+        lookup = impl._param__getitem__
+
+        def get(name: str) -> object:
+            try:
+                return lookup(name)
+            except KeyError:
+                return None
+
+        get("VM_MEMORY")
+        return get
+    except Exception:
+        import htcondor2
+
+        return htcondor2.param.get
+
+
+def _use_null_config_if_none() -> None:
+    # What htcondor2 does on import: without any configuration file HTCondor
+    # refuses to start, so point it at an empty one.
+    if "CONDOR_CONFIG" in os.environ:
+        return
+    paths = ("/etc/condor/condor_config", "/usr/local/etc/condor_config",
+             os.path.expanduser("~condor/condor_config"))
+    if not any(os.path.isfile(path) for path in paths):
+        os.environ["CONDOR_CONFIG"] = "/dev/null"
+
+

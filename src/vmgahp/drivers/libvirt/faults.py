@@ -1,0 +1,71 @@
+"""What a libvirt error means: gone domain, dead connection, refused flag.
+
+libvirt reports every failure as one exception type carrying a numeric code
+and an error domain (the subsystem that raised it); these predicates turn the
+combinations the driver reacts to into names.
+"""
+
+from __future__ import annotations
+
+import libvirt
+
+from ..base import HypervisorError
+
+# Error domains of the client-side transport: an internal or system error
+# raised there means the connection itself broke, not the request.
+_TRANSPORT_DOMAINS = frozenset({libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC})
+_TRANSPORT_CODES = frozenset({libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR})
+_DEAD_CODES = frozenset({libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_NO_CONNECT})
+# Drivers refuse an unknown flag with one of these (the test driver: INVALID_ARG,
+# "unsupported flags (0x2) in function ...").
+_FLAG_CODES = frozenset(
+    {libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED}
+)
+
+
+def error_code(exc: BaseException) -> int | None:
+    if isinstance(exc, libvirt.libvirtError):
+        return exc.get_error_code()
+    return None
+
+
+def error_message(exc: BaseException) -> str:
+    """libvirt's own text, without the binding's "virXxx() failed" prefix."""
+    if isinstance(exc, libvirt.libvirtError):
+        return exc.get_error_message() or str(exc)
+    return str(exc)
+
+
+def is_no_domain(exc: BaseException) -> bool:
+    return error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN
+
+
+def is_not_running(exc: BaseException) -> bool:
+    """"domain is not running" and the like: the request fits no longer."""
+    return error_code(exc) == libvirt.VIR_ERR_OPERATION_INVALID
+
+
+def is_flag_refused(exc: BaseException) -> bool:
+    """The driver does not know a flag we passed (retry without it)."""
+    return error_code(exc) in _FLAG_CODES and "flag" in error_message(exc).lower()
+
+
+def is_unsupported(exc: BaseException) -> bool:
+    """The driver cannot do this at all (e.g. the test driver and a restore XML)."""
+    return error_code(exc) in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the connection is dead rather than the call bad."""
+    if not isinstance(exc, libvirt.libvirtError):
+        return False
+    code = exc.get_error_code()
+    if code in _DEAD_CODES:
+        return True
+    return code in _TRANSPORT_CODES and exc.get_error_domain() in _TRANSPORT_DOMAINS
+
+
+def hypervisor_error(exc: BaseException, action: str = "") -> HypervisorError:
+    """A HypervisorError carrying libvirt's text and code."""
+    message = error_message(exc)
+    return HypervisorError(f"{action}: {message}" if action else message, error_code(exc))

@@ -1,0 +1,128 @@
+"""LIBVIRT_XML_SCRIPT: let an admin's program write the domain XML (spec 4.9).
+
+The program gets ``[LIBVIRT_XML_SCRIPT] + LIBVIRT_XML_SCRIPT_ARGS`` as argv
+and, on stdin, the job ad as sorted ``Name = value`` lines followed by the
+attributes the C++ gahp appends (Xen bootloader and initrd, bridge interface,
+networking type) and one blank line. Exit status 0 and a well-formed
+``<domain>`` on stdout is success; anything else (no such file, not
+executable, non-zero exit, timeout, garbage) is logged and the caller falls
+back to the built-in XML, as the C++ gahp does.
+
+Unlike the C++ (which glues the output lines together without newlines), the
+output is kept as printed: an attribute list split over two lines would
+otherwise become ill-formed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ... import log
+from .xml_edit import DomainXmlParseError, parse_domain
+
+if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
+    from ...config import Settings
+    from ...job import VmJob
+
+DEFAULT_TIMEOUT = 30.0
+_STDERR_LOG_LIMIT = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptOutcome:
+    xml: str | None  # None: fall back to the built-in XML
+    reason: str = ""  # why it failed, for the log
+
+
+def _quoted(value: str) -> str:
+    # An old-syntax ClassAd string literal.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def script_input(job: VmJob, settings: Settings) -> str:
+    """What the script reads on stdin (the C++ order and conditions)."""
+    text = job.ad_text
+    if text and not text.endswith("\n"):
+        text += "\n"
+    bootloader = (job.xen.bootloader if job.xen else "") or settings.xen_bootloader
+    text += f"VMPARAM_Xen_Bootloader = {_quoted(bootloader)}\n"
+    # The C++ tests for the attribute name anywhere in the text, not per line.
+    if "VMPARAM_Xen_Initrd" not in text:
+        text += f"VMPARAM_Xen_Initrd = {_quoted(job.xen.initrd if job.xen else '')}\n"
+    if settings.bridge_interface:
+        text += f"VMPARAM_Bridge_Interface = {_quoted(settings.bridge_interface)}\n"
+    if "JobVMNetworkingType" not in text:
+        text += f"JobVMNetworkingType = {_quoted(job.networking_type)}\n"
+    return text + "\n"
+
+
+def run_xml_script(job: VmJob, settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> ScriptOutcome:
+    """Run the configured script; the XML it printed, or why not."""
+    script = settings.xml_script
+    argv = [script, *settings.xml_script_args]
+    if not os.path.isfile(script):
+        return _failed(script, f"{script} does not exist or is not a file")
+    cwd = job.working_dir if job.working_dir and os.path.isdir(job.working_dir) else None
+    started = time.monotonic()
+    try:
+        # Own session: on timeout the whole process group is killed, so a
+        # helper the script spawned cannot keep our pipes open.
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return _failed(script, f"cannot run {script}: {exc.strerror or exc}")
+    try:
+        out, err = proc.communicate(script_input(job, settings).encode("utf-8"), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return _failed(script, f"{script} did not finish within {timeout:g} s; killed")
+    elapsed = time.monotonic() - started
+    stderr = err.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        return _failed(script, f"{script} exited with status {proc.returncode}", stderr)
+    xml = out.decode("utf-8", "replace").strip()
+    if not xml:
+        return _failed(script, f"{script} printed nothing", stderr)
+    try:
+        parse_domain(xml)
+    except DomainXmlParseError as exc:
+        return _failed(script, f"{script} printed no usable domain XML: {exc}", stderr)
+    log.get().info("xml_script_ok", script=script, seconds=round(elapsed, 3), stderr=stderr[:_STDERR_LOG_LIMIT] or None)
+    return ScriptOutcome(xml)
+
+
+def _failed(script: str, reason: str, stderr: str = "") -> ScriptOutcome:
+    log.get().warning(
+        "xml_script_failed",
+        script=script,
+        detail=reason,
+        stderr=stderr[:_STDERR_LOG_LIMIT] or None,
+        fallback="built-in domain XML",
+    )
+    return ScriptOutcome(None, reason)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group we created for it
+    except ProcessLookupError:
+        pass
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        # Something outside the group still holds the pipes: stop waiting.
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait(timeout=5)

@@ -1,0 +1,3 @@
+"""Shared pytest setup: the libvirtd session fixture (tests/libvirtd_fixture.py)."""
+
+from libvirtd_fixture import *  # noqa: F401,F403

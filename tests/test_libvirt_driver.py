@@ -1,0 +1,578 @@
+"""The libvirt driver against libvirt's in-process test hypervisor.
+
+``test:///default`` runs inside this process (no daemon) and keeps its state
+across every connection of the process, so each test uses its own domain
+names. Faults the test driver cannot produce (a transport that breaks, a qemu
+error text) are injected by wrapping the real connection.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import textwrap
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import libvirt
+import pytest
+
+from vmgahp import errors
+from vmgahp.config import Settings
+from vmgahp.drivers.base import DomainState, HostCheckError, HypervisorError
+from vmgahp.drivers.libvirt import driver as driver_module
+from vmgahp.drivers.libvirt.driver import LibvirtHypervisor, classify_start_error
+from vmgahp.drivers.libvirt.xml_script import script_input
+from vmgahp.drivers.registry import load_hypervisor
+from vmgahp.errors import GahpError
+from vmgahp.job import Disk, VmJob, XenBoot
+
+TEST_URI = "test:///default"
+
+
+def settings(**overrides: Any) -> Settings:
+    fields: dict[str, Any] = dict(vm_memory=1024, kvm_uri=TEST_URI, xen_uri=TEST_URI, kvm_domain_type="qemu")
+    fields.update(overrides)
+    return Settings(**fields)
+
+
+def make_job(tmp_path: Path, **overrides: Any) -> VmJob:
+    fields: dict[str, Any] = dict(
+        vm_type="kvm",
+        name=f"test_{uuid.uuid4().hex[:8]}_1.0",
+        working_dir=str(tmp_path),
+        memory_mib=64,
+        disks=(Disk(path=str(tmp_path / "disk.img"), device="vda", permission="w", format="raw"),),
+        ad_text='JobVMType = "kvm"\nJobVMMemory = 64\n',
+    )
+    fields.update(overrides)
+    return VmJob(**fields)
+
+
+def libvirt_error(message: str, code: int, domain: int = libvirt.VIR_FROM_NONE) -> libvirt.libvirtError:
+    """A libvirtError as libvirt would raise it (for fault injection)."""
+    exc = libvirt.libvirtError(message)
+    exc.err = (code, domain, message, libvirt.VIR_ERR_ERROR, None, None, None, -1, -1)
+    return exc
+
+
+class FaultyConn:
+    """The real connection, with chosen methods replaced."""
+
+    def __init__(self, real: libvirt.virConnect, **overrides: Callable[..., Any]) -> None:
+        self._real = real
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        return self._overrides.get(name) or getattr(self._real, name)
+
+
+@pytest.fixture
+def hv() -> LibvirtHypervisor:
+    hypervisor = LibvirtHypervisor(settings(), "kvm")
+    yield hypervisor
+    hypervisor.close()
+
+
+@pytest.fixture
+def raw_conn() -> libvirt.virConnect:
+    conn = libvirt.open(TEST_URI)
+    yield conn
+    conn.close()
+
+
+def domain_xml_of(conn: libvirt.virConnect, name: str) -> ET.Element:
+    return ET.fromstring(conn.lookupByName(name).XMLDesc())
+
+
+def write_script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+# --------------------------------------------------------------- lifecycle
+def test_registry_loads_this_driver() -> None:
+    for vm_type in ("kvm", "xen"):
+        hypervisor = load_hypervisor(vm_type, settings())
+        assert isinstance(hypervisor, LibvirtHypervisor) and hypervisor.vm_type == vm_type
+
+
+def test_full_lifecycle(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    try:
+        assert domain.name == job.name
+        info = domain.info()
+        assert info.state is DomainState.RUNNING
+        assert info.memory_kib == 64 * 1024 and info.max_memory_kib == 64 * 1024
+        assert info.vcpus == 1 and info.cpu_time_ns > 0
+
+        domain.pause()
+        assert domain.info().state is DomainState.PAUSED
+        domain.pause()  # idempotent
+        domain.unpause()
+        assert domain.info().state is DomainState.RUNNING
+        domain.unpause()  # idempotent
+
+        save_file = tmp_path / "xen.mem.ckpt"
+        domain.save(save_file)
+        assert save_file.stat().st_size > 0
+        assert domain.info().state is DomainState.GONE  # transient: libvirt forgot it
+        assert hv.lookup(job.name) is None
+
+        restored = hv.restore(job, save_file)
+        assert restored.name == job.name
+        assert restored.info().state is DomainState.RUNNING
+
+        restored.shutdown(grace_seconds=2)
+        assert restored.info().state is DomainState.GONE
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_created_domain_is_transient_with_builtin_xml(hv: LibvirtHypervisor, raw_conn, tmp_path: Path) -> None:
+    job = make_job(tmp_path, vcpus=2, networking_type="nat", mac="52:54:00:aa:bb:cc")
+    hv.create(job)
+    try:
+        dom = raw_conn.lookupByName(job.name)
+        assert not dom.isPersistent()
+        root = domain_xml_of(raw_conn, job.name)
+        assert root.get("type") == "qemu"  # Settings.kvm_domain_type
+        assert root.findtext("vcpu") == "2"
+        assert root.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_save_of_paused_domain_restores_running(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    try:
+        domain.pause()
+        domain.save(tmp_path / "save")
+        assert hv.restore(job, tmp_path / "save").info().state is DomainState.RUNNING
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_restore_with_moved_disks_falls_back_when_driver_refuses_xml(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    """The test driver refuses a replacement XML (VIR_ERR_ARGUMENT_UNSUPPORTED);
+    the restore then goes on with the image's own XML."""
+    job = make_job(tmp_path)
+    hv.create(job).save(tmp_path / "save")
+    moved = job.model_copy(update={"disks": (Disk(path="/elsewhere/disk.img", device="vda", permission="w"),)})
+    try:
+        assert hv.restore(moved, tmp_path / "save").info().state is DomainState.RUNNING
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_restore_of_garbage_file_fails(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    bad = tmp_path / "garbage"
+    bad.write_bytes(b"not a save image")
+    with pytest.raises(HypervisorError) as info:
+        hv.restore(make_job(tmp_path), bad)
+    assert str(bad) in info.value.message
+
+
+def test_missing_domain(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    name = f"missing_{uuid.uuid4().hex[:8]}"
+    assert hv.lookup(name) is None
+    assert hv.destroy_by_name(name) is False
+    # A handle whose domain went away: reads say GONE, ending it is not an error.
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    domain.destroy()
+    assert domain.info().state is DomainState.GONE
+    domain.destroy()
+    domain.shutdown(grace_seconds=1)
+    with pytest.raises(HypervisorError) as info:
+        domain.pause()
+    assert info.value.code == libvirt.VIR_ERR_NO_DOMAIN
+    with pytest.raises(HypervisorError):
+        domain.save(tmp_path / "never")
+
+
+def test_destroy_by_name_destroys(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    assert hv.destroy_by_name(job.name) is True
+    assert domain.info().state is DomainState.GONE
+
+
+def test_shutdown_of_paused_domain(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    try:
+        domain.pause()
+        domain.shutdown(grace_seconds=1)
+        assert domain.info().state is DomainState.GONE
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_shutdown_destroys_after_grace(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch) -> None:
+    """A guest that ignores the ACPI request is destroyed when the grace ends."""
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    real = hv.connection.get()
+
+    class DeafDomain:
+        def __init__(self, dom: libvirt.virDomain) -> None:
+            self._dom = dom
+
+        def shutdown(self) -> int:
+            return 0  # accepted, and ignored by the guest
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._dom, name)
+
+    deaf = FaultyConn(real, lookupByName=lambda n: DeafDomain(real.lookupByName(n)))
+    monkeypatch.setattr(hv.connection, "get", lambda: deaf)
+    try:
+        began = time.monotonic()
+        domain.shutdown(grace_seconds=0.6)
+        elapsed = time.monotonic() - began
+        assert 0.5 <= elapsed < 3
+        assert domain.info().state is DomainState.GONE
+    finally:
+        monkeypatch.undo()
+        hv.destroy_by_name(job.name)
+
+
+# ------------------------------------------------------------ start errors
+def test_existing_name_is_left_alone(hv: LibvirtHypervisor, raw_conn, tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    hv.create(job)
+    try:
+        with pytest.raises(GahpError) as info:
+            hv.create(job)
+        assert info.value.token == errors.INTERNAL
+        assert "already exists" in info.value.detail and job.name in info.value.detail
+        assert raw_conn.lookupByName(job.name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_classify_start_error(tmp_path: Path) -> None:
+    job = make_job(tmp_path)
+    disk = job.disks[0].path
+    assert classify_start_error("internal error: qemu unexpectedly closed the monitor: "
+                                "qcow2: Image is not in qcow2 format", job) == errors.BAD_IMAGE
+    assert classify_start_error("image is not in qcow2 format", job) == errors.BAD_IMAGE
+    missing = f"Cannot access storage file '{disk}': No such file or directory"
+    assert classify_start_error(missing, job) == errors.BAD_IMAGE
+    assert classify_start_error("Cannot access storage file '/other.img'", job) == errors.INTERNAL
+    assert classify_start_error("unsupported configuration: Domain requires KVM", job) == errors.INTERNAL
+
+
+@pytest.mark.parametrize(
+    ("message", "token"),
+    [
+        ("internal error: process exited while connecting to monitor: Image is not in qcow2 format", errors.BAD_IMAGE),
+        ("Cannot access storage file '{disk}' (as uid:0, gid:0): No such file or directory", errors.BAD_IMAGE),
+        ("internal error: process exited while connecting to monitor: out of memory", errors.INTERNAL),
+    ],
+)
+def test_start_failure_tokens(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch, message: str, token: str) -> None:
+    job = make_job(tmp_path)
+    text = message.format(disk=job.disks[0].path)
+    real = hv.connection.get()
+
+    def refuse(xml: str, flags: int = 0) -> None:
+        raise libvirt_error(text, libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_QEMU)
+
+    monkeypatch.setattr(hv.connection, "get", lambda: FaultyConn(real, createXML=refuse))
+    with pytest.raises(GahpError) as info:
+        hv.create(job)
+    assert info.value.token == token
+    assert info.value.detail == text
+
+
+def test_real_libvirt_refusal_is_internal(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    """Well-formed XML that libvirt rejects (no <memory>) from a script."""
+    script = write_script(tmp_path / "nomem.sh", """\
+        cat >/dev/null
+        echo "<domain type='qemu'><name>x</name><os><type>hvm</type></os></domain>"
+        """)
+    hypervisor = LibvirtHypervisor(settings(xml_script=str(script)), "kvm")
+    with pytest.raises(GahpError) as info:
+        hypervisor.create(make_job(tmp_path))
+    assert info.value.token == errors.INTERNAL
+    assert "memory" in info.value.detail.lower()
+
+
+def test_start_validate_flag_refused_falls_back(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch) -> None:
+    real = hv.connection.get()
+    seen: list[int] = []
+
+    def create_xml(xml: str, flags: int = 0) -> libvirt.virDomain:
+        seen.append(flags)
+        if flags & libvirt.VIR_DOMAIN_START_VALIDATE:
+            raise libvirt_error("unsupported flags (0x10) in function x", libvirt.VIR_ERR_INVALID_ARG)
+        return real.createXML(xml, flags)
+
+    monkeypatch.setattr(hv.connection, "get", lambda: FaultyConn(real, createXML=create_xml))
+    jobs = [make_job(tmp_path), make_job(tmp_path)]
+    try:
+        for job in jobs:
+            hv.create(job)
+        # Asked once, then remembered.
+        assert seen == [libvirt.VIR_DOMAIN_START_VALIDATE, 0, 0]
+    finally:
+        monkeypatch.undo()
+        for job in jobs:
+            hv.destroy_by_name(job.name)
+
+
+def test_builtin_xml_failure_is_critical(tmp_path: Path) -> None:
+    hypervisor = LibvirtHypervisor(settings(), "xen")
+    job = make_job(tmp_path, vm_type="xen", xen=XenBoot(kernel="included"))  # no bootloader anywhere
+    with pytest.raises(GahpError) as info:
+        hypervisor.create(job)
+    assert info.value.token == errors.CRITICAL
+
+
+# -------------------------------------------------------------- XML script
+def test_xml_script_output_is_used(tmp_path: Path, raw_conn) -> None:
+    stdin_copy = tmp_path / "stdin.txt"
+    argv_copy = tmp_path / "argv.txt"
+    script = write_script(tmp_path / "make-xml.sh", f"""\
+        echo "$@" > {argv_copy}
+        cat > {stdin_copy}
+        echo "<domain type='kvm'>"
+        echo "  <name>whatever-the-script-says</name>"
+        echo "  <description>from the script</description>"
+        echo "  <memory unit='MiB'>32</memory>"
+        echo "  <os><type>hvm</type></os>"
+        echo "</domain>"
+        """)
+    cfg = settings(xml_script=str(script), xml_script_args=("/tmp/debug log",), bridge_interface="br7")
+    hypervisor = LibvirtHypervisor(cfg, "kvm")
+    job = make_job(tmp_path, networking_type="nat")
+    hypervisor.create(job)
+    try:
+        root = domain_xml_of(raw_conn, job.name)  # the gahp's name, not the script's
+        assert root.findtext("description") == "from the script"
+        assert root.get("type") == "qemu"  # rewritten to VM_KVM_DOMAIN_TYPE
+        assert argv_copy.read_text().strip() == "/tmp/debug log"
+        fed = stdin_copy.read_text()
+        assert fed == script_input(job, cfg)
+        assert fed.startswith(job.ad_text)
+        assert 'VMPARAM_Xen_Bootloader = ""\n' in fed
+        assert 'VMPARAM_Xen_Initrd = ""\n' in fed
+        assert 'VMPARAM_Bridge_Interface = "br7"\n' in fed
+        assert 'JobVMNetworkingType = "nat"\n' in fed
+        assert fed.endswith("\n\n")
+    finally:
+        hypervisor.destroy_by_name(job.name)
+
+
+def test_script_input_skips_attributes_the_ad_has(tmp_path: Path) -> None:
+    job = make_job(tmp_path, ad_text='JobVMNetworkingType = "bridge"\nVMPARAM_Xen_Initrd = "/i"\n')
+    fed = script_input(job, settings())
+    assert fed.count("JobVMNetworkingType") == 1 and fed.count("VMPARAM_Xen_Initrd") == 1
+    assert "VMPARAM_Bridge_Interface" not in fed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "cat >/dev/null\necho '<domain type=\"kvm\"><name>x</name></domain>'\nexit 1\n",  # non-zero exit
+        "cat >/dev/null\necho 'this is <not> xml'\n",  # garbage
+        "cat >/dev/null\necho '<network><name>x</name></network>'\n",  # XML, but not a domain
+        "cat >/dev/null\n",  # nothing at all
+        "exit 0\n",  # does not even read its input
+    ],
+    ids=["exit-1", "garbage", "not-a-domain", "empty", "ignores-stdin"],
+)
+def test_failing_script_falls_back_to_builtin_xml(tmp_path: Path, raw_conn, body: str) -> None:
+    script = write_script(tmp_path / "bad.sh", body)
+    hypervisor = LibvirtHypervisor(settings(xml_script=str(script)), "kvm")
+    job = make_job(tmp_path)
+    hypervisor.create(job)
+    try:
+        root = domain_xml_of(raw_conn, job.name)
+        assert root.findtext("on_crash") == "destroy"  # the built-in shape
+        assert root.find("features/acpi") is not None
+    finally:
+        hypervisor.destroy_by_name(job.name)
+
+
+def test_missing_or_unexecutable_script_falls_back(tmp_path: Path) -> None:
+    not_executable = tmp_path / "plain.sh"
+    not_executable.write_text("#!/bin/sh\necho '<domain/>'\n")
+    for script in (tmp_path / "no-such-script", not_executable):
+        hypervisor = LibvirtHypervisor(settings(xml_script=str(script)), "kvm")
+        xml, origin = hypervisor.domain_xml(make_job(tmp_path))
+        assert origin == "builtin" and xml.startswith("<domain")
+
+
+def test_slow_script_is_killed_and_falls_back(tmp_path: Path) -> None:
+    marker = tmp_path / "child-survived"
+    script = write_script(tmp_path / "slow.sh", f"""\
+        (sleep 5; touch {marker}) &
+        sleep 30
+        """)
+    hypervisor = LibvirtHypervisor(settings(xml_script=str(script), call_timeout=0.5), "kvm")
+    began = time.monotonic()
+    xml, origin = hypervisor.domain_xml(make_job(tmp_path))
+    assert origin == "builtin"
+    assert time.monotonic() - began < 4
+    time.sleep(0.1)
+    # The whole process group went, including the backgrounded helper.
+    assert not any(
+        "slow.sh" in _cmdline(pid) or f"touch {marker}" in _cmdline(pid) for pid in _pids()
+    )
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_xen_script_keeps_its_domain_type(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "xen.sh", """\
+        cat >/dev/null
+        echo "<domain type='xen'><name>n</name><memory>65536</memory><os><type>linux</type></os></domain>"
+        """)
+    boot = tmp_path / "pygrub"
+    boot.write_text("")
+    hypervisor = LibvirtHypervisor(settings(xml_script=str(script), xen_bootloader=str(boot)), "xen")
+    job = make_job(tmp_path, vm_type="xen", xen=XenBoot(kernel="included", bootloader=str(boot)))
+    xml, origin = hypervisor.domain_xml(job)
+    assert origin == "script"
+    root = ET.fromstring(xml)
+    assert root.get("type") == "xen" and root.findtext("name") == job.name
+
+
+# ------------------------------------------------------------- host checks
+def test_check_host_test_uri(tmp_path: Path, monkeypatch) -> None:
+    # No /dev/kvm check for a test:/// URI, even with domain type kvm.
+    monkeypatch.setattr(driver_module, "KVM_DEVICE", str(tmp_path / "no-kvm"))
+    LibvirtHypervisor(settings(kvm_domain_type="kvm"), "kvm").check_host()
+
+
+def test_check_host_dead_uri() -> None:
+    hypervisor = LibvirtHypervisor(settings(kvm_uri="qemu+unix:///system?socket=/nonexistent"), "kvm")
+    with pytest.raises(HostCheckError) as info:
+        hypervisor.check_host()
+    assert "qemu+unix:///system?socket=/nonexistent" in str(info.value)
+
+
+def test_check_host_needs_kvm_device_for_kvm_type(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(driver_module, "KVM_DEVICE", str(tmp_path / "no-kvm"))
+    cfg = settings(kvm_uri="qemu:///system", kvm_domain_type="kvm")
+    with pytest.raises(HostCheckError) as info:
+        LibvirtHypervisor(cfg, "kvm").check_host()
+    assert "no-kvm" in str(info.value) and "VM_KVM_DOMAIN_TYPE" in str(info.value)
+    # With software emulation the device does not matter (the URI is dead here).
+    dead = replace(cfg, kvm_uri="qemu+unix:///system?socket=/nonexistent", kvm_domain_type="qemu")
+    with pytest.raises(HostCheckError) as info:
+        LibvirtHypervisor(dead, "kvm").check_host()
+    assert "no-kvm" not in str(info.value)
+
+
+def test_check_host_xen_bootloader(tmp_path: Path) -> None:
+    with pytest.raises(HostCheckError, match="XEN_BOOTLOADER is not set"):
+        LibvirtHypervisor(settings(), "xen").check_host()
+    with pytest.raises(HostCheckError, match="not readable"):
+        LibvirtHypervisor(settings(xen_bootloader=str(tmp_path / "missing")), "xen").check_host()
+    boot = tmp_path / "pygrub"
+    boot.write_text("")
+    LibvirtHypervisor(settings(xen_bootloader=str(boot)), "xen").check_host()
+
+
+def test_unknown_vm_type_is_refused() -> None:
+    with pytest.raises(ValueError):
+        LibvirtHypervisor(settings(), "vmware")
+
+
+# -------------------------------------------------------------- networking
+def _fake_passt(tmp_path: Path, monkeypatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    write_script(bindir / "passt", "exit 0\n")
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ.get('PATH', '')}")
+
+
+def test_network_plan_user_needs_passt(tmp_path: Path, monkeypatch) -> None:
+    cfg = settings(networking=True, networking_types=("nat", "bridge", "user"), bridge_interface="br0")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no passt here
+    plan = LibvirtHypervisor(cfg, "kvm").network_plan()
+    assert plan.types == ("nat", "bridge") and plan.default == "nat"
+
+    _fake_passt(tmp_path, monkeypatch)
+    kvm = LibvirtHypervisor(cfg, "kvm")
+    plan = kvm.network_plan()
+    assert plan.types == ("nat", "bridge", "user") and plan.default == "user"
+    assert kvm.network_plan() is plan  # cached
+    xen_plan = LibvirtHypervisor(cfg, "xen").network_plan()
+    assert "user" not in xen_plan.types
+
+
+def test_user_nic_gets_passt_backend_only_with_passt(tmp_path: Path, monkeypatch) -> None:
+    job = make_job(tmp_path, networking_type="user")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    xml, _ = LibvirtHypervisor(settings(), "kvm").domain_xml(job)
+    assert ET.fromstring(xml).find("devices/interface/backend") is None
+    _fake_passt(tmp_path, monkeypatch)
+    xml, _ = LibvirtHypervisor(settings(), "kvm").domain_xml(job)
+    assert ET.fromstring(xml).find("devices/interface/backend").get("type") == "passt"
+
+
+# -------------------------------------------------------------- connection
+def test_connection_is_shared_and_lazy(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    assert hv.connection._conn is None  # nothing opened by the constructor
+    first = hv.connection.get()
+    assert hv.connection.get() is first
+
+
+def test_reconnects_after_the_connection_died(hv: LibvirtHypervisor, raw_conn, tmp_path: Path) -> None:
+    # raw_conn keeps test:///default's state alive: the test driver drops its
+    # domains when the last connection of the process closes.
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    try:
+        old = hv.connection.get()
+        old.close()  # isAlive() now fails: "invalid connection pointer"
+        assert domain.info().state is DomainState.RUNNING
+        assert hv.connection.get() is not old
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_transport_error_is_retried_on_a_new_connection(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch) -> None:
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    real = hv.connection.get()
+    calls = {"n": 0}
+
+    def broken_lookup(name: str) -> libvirt.virDomain:
+        calls["n"] += 1
+        raise libvirt_error("Cannot write data: Broken pipe", libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC)
+
+    faulty = FaultyConn(real, lookupByName=broken_lookup, isAlive=lambda: 1)
+    hv.connection._conn = faulty  # type: ignore[assignment]  # the connection breaks under us
+    try:
+        assert domain.info().state is DomainState.RUNNING
+        assert calls["n"] == 1
+        assert hv.connection.get() is not faulty
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_libvirt_errors_are_not_printed(hv: LibvirtHypervisor, capfd) -> None:
+    hv.lookup(f"missing_{uuid.uuid4().hex[:8]}")
+    assert "libvirt:" not in capfd.readouterr().err
