@@ -507,17 +507,19 @@ def _fake_passt(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ.get('PATH', '')}")
 
 
-def test_network_plan_user_needs_passt(tmp_path: Path, monkeypatch) -> None:
+def test_network_plan_user_works_without_passt(tmp_path: Path, monkeypatch) -> None:
+    """Without passt, QEMU's user-mode stack still gives kvm jobs ``user``; passt only picks the backend."""
     cfg = settings(networking=True, networking_types=("nat", "bridge", "user"), bridge_interface="br0")
     monkeypatch.setenv("PATH", str(tmp_path))  # no passt here
-    plan = LibvirtHypervisor(cfg, "kvm").network_plan()
-    assert plan.types == ("nat", "bridge") and plan.default == "nat"
-
-    _fake_passt(tmp_path, monkeypatch)
     kvm = LibvirtHypervisor(cfg, "kvm")
     plan = kvm.network_plan()
     assert plan.types == ("nat", "bridge", "user") and plan.default == "user"
     assert kvm.network_plan() is plan  # cached
+    assert not kvm.passt_available()
+    assert LibvirtHypervisor(cfg, "xen").network_plan().types == ("nat", "bridge")  # never user for Xen
+
+    _fake_passt(tmp_path, monkeypatch)
+    assert LibvirtHypervisor(cfg, "kvm").passt_available()
     xen_plan = LibvirtHypervisor(cfg, "xen").network_plan()
     assert "user" not in xen_plan.types
 

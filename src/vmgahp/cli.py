@@ -81,16 +81,23 @@ def _probe(invocation: Invocation) -> int:
     from .startup import PendingPreflight
 
     _check_vm_type(invocation.vm_type)
-    settings = PendingPreflight(invocation.vm_type, PROBE_DEADLINE, invocation.terminal_log).settings()
+    pending = PendingPreflight(invocation.vm_type, PROBE_DEADLINE, invocation.terminal_log)
+    settings = pending.settings()
     _apply_log_settings(invocation, settings)
+    types = pending.network_types
+    if types is None:  # no host to probe (test hypervisor): the configuration decides
+        from .networking import plan_networking
+
+        types = list(plan_networking(settings, invocation.vm_type, invocation.vm_type == "kvm").types)
     lines = [
         f'VM_GAHP_VERSION = "{PROTOCOL_VERSION}"',
         f'VM_Type = "{invocation.vm_type}"',
         f"VM_Memory = {settings.vm_memory}",
-        f"VM_Networking = {'TRUE' if settings.networking else 'FALSE'}",
+        f"VM_Networking = {'TRUE' if types else 'FALSE'}",
     ]
-    if settings.networking:
-        lines.append(f'VM_Networking_Types = "{",".join(settings.networking_types)}"')
+    if types:
+        # Only what a job can really get here (the C++ prints the raw list, Q9).
+        lines.append(f'VM_Networking_Types = "{",".join(types)}"')
     if settings.hardware_vt:
         lines.append("VM_HardwareVT = TRUE")
     os.write(1, ("\n".join(lines) + "\n").encode())
@@ -103,7 +110,8 @@ def _kill(invocation: Invocation) -> int:
     from .startup import PendingPreflight, StartupError
 
     _check_vm_type(invocation.vm_type)
-    settings = PendingPreflight(None, SERVER_CHECK_DEADLINE, invocation.terminal_log).settings()
+    # The host check runs in every mode, before the mode's action (spec 1.7).
+    settings = PendingPreflight(invocation.vm_type, SERVER_CHECK_DEADLINE, invocation.terminal_log).settings()
     _apply_log_settings(invocation, settings)
     hypervisor = load_hypervisor(invocation.vm_type, settings)
     try:

@@ -21,6 +21,7 @@ from .jobad import JobAd
 from .networking import NetworkPlan
 
 MIN_MEMORY_MIB = 32  # the C++ raises smaller requests to 32 MiB
+DEFAULT_CDROM_DEVICE = {"kvm": "hdc", "xen": "hdc"}  # IDE: every guest kernel has a driver
 
 
 class Disk(BaseModel):
@@ -88,6 +89,9 @@ class VmJob(BaseModel):
     disks: tuple[Disk, ...] = ()
     xen: XenBoot | None = None
     transfer_intermediate: tuple[str, ...] = ()
+    snapshot_disk: bool = False  # writable disks run on qcow2 overlays
+    cdrom_files: tuple[str, ...] = ()  # resolved files for the job's ISO image
+    cdrom_device: str = ""  # target device of that ISO, e.g. hdc
     owner_uid: int | None = None
     owner_gid: int | None = None
     ad_text: str = ""  # the ad as sorted Name = value lines (XML script input)
@@ -183,8 +187,17 @@ def build_job(
         disks = tuple(Disk.from_spec(d) for d in parse_disk_list(disk_text, working_dir, user))
     except DiskListError as exc:
         raise GahpError(invalid_disk, str(exc)) from exc
-    if checkpoint and any(d.transferred for d in disks):
-        raise GahpError(mismatched_ckpt, "checkpointing needs every disk on a shared filesystem")
+    snapshot_disk = ad.get_bool("VMPARAM_vm_Snapshot_Disk")
+    if snapshot_disk is None:
+        snapshot_disk = settings.snapshot_disk_default
+    # The C++ refuses to checkpoint transferred disks: its checkpoint never
+    # holds them. With snapshot disks every writable disk is an overlay in
+    # the working dir that travels with the checkpoint, so vmgahp allows it.
+    if checkpoint and not snapshot_disk and any(d.transferred for d in disks):
+        raise GahpError(mismatched_ckpt, "checkpointing needs every disk on a shared filesystem (or vm_snapshot_disk)")
+    cdrom_files = _cdrom_files(ad, working_dir, user)
+    device_attr = "VMPARAM_Xen_CDROM_Device" if vm_type == "xen" else "VMPARAM_Kvm_CDROM_Device"
+    cdrom_device = (ad.get_str(device_attr) or "").strip().lower() or DEFAULT_CDROM_DEVICE[vm_type]
 
     ad.set_str("VMPARAM_VM_NAME", name)
     return VmJob(
@@ -203,10 +216,24 @@ def build_job(
         disks=disks,
         xen=xen,
         transfer_intermediate=_split_list(ad.get_str("TransferIntermediate")),
+        snapshot_disk=snapshot_disk,
+        cdrom_files=cdrom_files,
+        cdrom_device=cdrom_device if cdrom_files else "",
         owner_uid=user.uid if user else None,
         owner_gid=user.gid if user else None,
         ad_text=ad.print_sorted(),
     )
+
+
+def _cdrom_files(ad: JobAd, working_dir: str, user: JobUser | None) -> tuple[str, ...]:
+    """``VMPARAM_CDROM_Files``: transferred files from the working dir, others absolute."""
+    files = []
+    for name in _split_list(ad.get_str("VMPARAM_CDROM_Files")):
+        path = _resolve_file(name, working_dir)
+        if not os.path.isabs(path) or not can_access(path, user):
+            raise GahpError(errors.CANNOT_READ_CDROM_FILE, f"cannot read CD-ROM file {name!r}")
+        files.append(path)
+    return tuple(files)
 
 
 def _resolve_file(path: str, working_dir: str) -> str:

@@ -9,6 +9,7 @@ falls back to ``user`` when it survived, else ``nat`` (the C++ rule).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .config import Settings
 
@@ -23,7 +24,15 @@ class NetworkPlan:
         return bool(self.types)
 
 
-def plan_networking(settings: Settings, vm_type: str, user_supported: bool) -> NetworkPlan:
+def plan_networking(
+    settings: Settings,
+    vm_type: str,
+    user_supported: bool,
+    host_provides: Callable[[str], bool] = lambda _type: True,
+) -> NetworkPlan:
+    """``host_provides(type)`` lets the driver drop what this host lacks
+    (no ``default`` network for nat, a missing bridge): unlike the C++, the
+    probe then advertises only what a job can really get (quirk Q9)."""
     if not settings.networking:
         return NetworkPlan((), "")
     types = [t for t in settings.networking_types if t in ("nat", "bridge", "user")]
@@ -31,6 +40,7 @@ def plan_networking(settings: Settings, vm_type: str, user_supported: bool) -> N
         types.remove("bridge")
     if "user" in types and not (vm_type == "kvm" and user_supported):
         types.remove("user")
+    types = [t for t in types if host_provides(t)]
     if not types:
         return NetworkPlan((), "")
     default = settings.networking_default_type

@@ -26,7 +26,7 @@ from . import errors, log
 from .access import JobUser
 from .config import Settings
 from .deadline import DeadlineCall, DeadlineExceeded
-from .drivers.base import Hypervisor
+from .drivers.base import Hypervisor, HypervisorError
 from .errors import GahpError
 from .session import Request
 from .vm import CpuUtilization, VirtualMachine
@@ -158,8 +158,10 @@ class Runtime:
         return ""
 
     def _start(self, request: Request) -> VirtualMachine:
+        from . import checkpoint, overlays
         from .job import build_job  # deferred: pydantic and classad2 load here
         from .jobad import JobAd
+        from .media import attach_cdrom
 
         if request.ad_lines is None:
             raise GahpError(errors.NO_JOBCLASSAD_INFO, "no job ad was sent")
@@ -181,12 +183,15 @@ class Runtime:
         with log.bound(vm_id=vm_id):
             hypervisor = self._get_hypervisor()
             job = build_job(ad, request.vm_type, self.settings, hypervisor.network_plan(), self.user)
+            restart = checkpoint.find_restart(job)
+            job = attach_cdrom(job)
+            job = overlays.prepare(job, reuse=restart is not None)
             with self._lock:
                 if self._closing:
                     raise GahpError(errors.INTERNAL, "the gahp is shutting down")
                 self._starting += 1
             try:
-                domain = hypervisor.create(job)
+                domain = self._boot(hypervisor, job, restart)
                 with self._lock:
                     # Remembered only once it is ours: a failed create may be
                     # a name clash with another job's live domain.
@@ -195,8 +200,25 @@ class Runtime:
                 with self._lock:
                     self._starting -= 1
                     self._idle.notify_all()
-            log.get().info("vm_started", name=job.name, memory_mib=job.memory_mib, vcpus=job.vcpus)
+            log.get().info("vm_started", name=job.name, memory_mib=job.memory_mib, vcpus=job.vcpus,
+                           restored=restart is not None)
             return VirtualMachine(vm_id, job, hypervisor, domain, self._cpu)
+
+    @staticmethod
+    def _boot(hypervisor: Hypervisor, job: Any, restart: Any) -> Any:
+        """Cold boot, or restore from the checkpoint the job brought along."""
+        from . import checkpoint
+
+        if restart is None:
+            return hypervisor.create(job)
+        try:
+            domain = hypervisor.restore(job, restart.memory)
+        except HypervisorError as exc:
+            # Never fall back to a cold boot on the checkpoint's disks: that
+            # is a crash as far as the guest's filesystems are concerned.
+            raise GahpError(errors.BAD_IMAGE, f"cannot restore the checkpoint: {exc}") from exc
+        checkpoint.discard(job.working_dir)
+        return domain
 
     def _register(self, vm: VirtualMachine) -> tuple[bool, str]:
         with self._lock:

@@ -37,7 +37,9 @@ def _needs_host_check(vm_type: str, knobs: dict[str, str]) -> bool:
     return not uri.strip().startswith("test:")  # the test hypervisor: no host
 
 
-def _check_host(vm_type: str, knobs: dict[str, str]) -> None:
+def _check_host(vm_type: str, knobs: dict[str, str]) -> list[str] | None:
+    """Raise StartupError if the host cannot run ``vm_type``; return the
+    networking types it really provides (None: not probed)."""
     from .config import ConfigError, settings_from
 
     try:
@@ -47,13 +49,14 @@ def _check_host(vm_type: str, knobs: dict[str, str]) -> None:
     if vm_type == "xen" and not (settings.xen_bootloader and os.access(settings.xen_bootloader, os.R_OK)):
         raise StartupError(f"XEN_BOOTLOADER {settings.xen_bootloader!r} is not set or not readable")
     if settings.uri_for(vm_type).startswith("test:"):
-        return
+        return None
     from .drivers.base import HostCheckError
     from .drivers.registry import load_hypervisor
 
     hypervisor = load_hypervisor(vm_type, settings)
     try:
         hypervisor.check_host()
+        return list(hypervisor.network_plan().types)
     except HostCheckError as exc:
         raise StartupError(f"{vm_type} cannot run on this host: {exc}") from exc
     finally:
@@ -76,7 +79,9 @@ def _child_main(vm_type: str | None, write_fd: int, terminal_log: bool) -> None:
         _send(write_fd, ["knobs", knobs])
         log.setup(path=knobs.get("VM_GAHP_LOG", ""), terminal=terminal_log)
         if vm_type is not None and _needs_host_check(vm_type, knobs):
-            _check_host(vm_type, knobs)
+            types = _check_host(vm_type, knobs)
+            if types is not None:
+                _send(write_fd, ["network", types])
         verdict = ["ok", ""]
     except StartupError as exc:
         verdict = ["error", str(exc)]
@@ -93,6 +98,7 @@ class PendingPreflight:
         self.deadline = deadline
         self.terminal_log = terminal_log
         self._started = time.monotonic()
+        self.network_types: list[str] | None = None  # probed by the host check
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: never returns
@@ -120,6 +126,9 @@ class PendingPreflight:
                     # Known before the host check: the failure gets logged
                     # where the admin looks.
                     log.setup(path=value.get("VM_GAHP_LOG", ""), terminal=self.terminal_log)
+                    continue
+                if kind == "network":
+                    self.network_types = value
                     continue
                 if kind != "ok":
                     raise StartupError(value)

@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from . import errors, log
+from . import checkpoint, errors, log
+from .checkpoint import fsync_dir, write_atomically
 from .drivers.base import Domain, DomainState, Hypervisor, HypervisorError
 from .errors import GahpError
 
 if TYPE_CHECKING:
     from .job import VmJob  # pydantic: loaded by the first START, not at start-up
 
-SAVE_FILE = "xen.mem.ckpt"  # the C++ name, kept: admins and scripts know it
-TIMESTAMP_SUFFIX = ".timestamp"
+SAVE_FILE = checkpoint.MEMORY  # the C++ name, kept: admins and scripts know it
 
 
 class VmState(enum.Enum):
@@ -90,6 +90,7 @@ class VirtualMachine:
         self.soft_suspended = False
         self.self_shutdown = False
         self.busy: str | None = None
+        self.description = ""  # the domain XML as of the last save (for checkpoints)
 
     @property
     def name(self) -> str:
@@ -101,7 +102,7 @@ class VirtualMachine:
 
     @property
     def timestamp_file(self) -> Path:
-        return Path(self.job.working_dir) / (SAVE_FILE + TIMESTAMP_SUFFIX)
+        return Path(self.job.working_dir) / checkpoint.TIMESTAMP
 
     @contextlib.contextmanager
     def busy_with(self, command: str) -> Iterator[None]:
@@ -187,13 +188,14 @@ class VirtualMachine:
         target = self.save_file
         partial = target.with_name(target.name + ".partial")
         try:
+            self.description = self.domain.describe()
             partial.unlink(missing_ok=True)
             self.domain.save(partial)
             _fsync_file(partial)
             # Renamed only once complete: an eviction in the middle of a
             # save never replaces a good save file with half of one.
             os.replace(partial, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except (HypervisorError, OSError) as exc:
             partial.unlink(missing_ok=True)
             raise _hypervisor_error(errors.INTERNAL, "save", exc) from exc
@@ -215,8 +217,7 @@ class VirtualMachine:
             self.domain = self.hypervisor.restore(self.job, save_file)
         except HypervisorError as exc:
             raise _hypervisor_error(errors.INTERNAL, "restore", exc) from exc
-        save_file.unlink(missing_ok=True)
-        self.timestamp_file.unlink(missing_ok=True)
+        checkpoint.discard(self.job.working_dir)  # memory, timestamp, manifest: all stale now
         self._set(VmState.RUNNING)
 
     def checkpoint(self) -> None:
@@ -228,8 +229,11 @@ class VirtualMachine:
         try:
             if self.state is VmState.RUNNING:
                 self.suspend()
-            _write_atomically(self.timestamp_file, f"{int(time.time())}\n".encode())
+            write_atomically(self.timestamp_file, f"{int(time.time())}\n".encode())
             self._chown_to_owner(self.timestamp_file)
+            # The manifest commits the checkpoint: written last, atomically.
+            manifest = checkpoint.write_manifest(self.job, self.save_file, self.description)
+            self._chown_to_owner(manifest)
         except (GahpError, OSError) as exc:
             raise GahpError(errors.VM_CANNOT_CREATE_CKPT_FILES, f"checkpoint: {exc}") from exc
 
@@ -283,9 +287,8 @@ class VirtualMachine:
     def _cleanup_after_self_shutdown(self) -> None:
         if not self.self_shutdown:
             return
-        # The guest ended by itself: a stale save file is no output.
-        self.save_file.unlink(missing_ok=True)
-        self.timestamp_file.unlink(missing_ok=True)
+        # The guest ended by itself: a stale checkpoint is no output.
+        checkpoint.discard(self.job.working_dir)
 
 
 def _fsync_file(path: Path) -> None:
@@ -294,24 +297,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    _fsync_dir(path.parent)

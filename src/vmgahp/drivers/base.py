@@ -97,6 +97,10 @@ class Domain(ABC):
         """The host process of the VM, 0 when unknown (the C++ always says 0)."""
         return 0
 
+    def describe(self) -> str:
+        """The hypervisor's own description of the VM (libvirt: domain XML)."""
+        return ""
+
 
 class Hypervisor(ABC):
     """A connection to one kind of hypervisor, shared by every VM of the gahp."""

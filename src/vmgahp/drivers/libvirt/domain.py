@@ -107,6 +107,13 @@ class LibvirtDomain(Domain):
                 return  # already running
             raise hypervisor_error(exc, f"unpause of {self.name}") from exc
 
+    def describe(self) -> str:
+        """The live domain XML (with the MAC libvirt chose, if the job gave none)."""
+        try:
+            return self._require("describe").XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            raise hypervisor_error(exc, f"XML of {self.name}") from exc
+
     def save(self, path: Path) -> None:
         """Write the memory state to ``path``; the transient domain ends.
 

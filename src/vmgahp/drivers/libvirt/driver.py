@@ -104,14 +104,38 @@ class LibvirtHypervisor(Hypervisor):
     # ------------------------------------------------------------- networking
     @staticmethod
     def passt_available() -> bool:
-        """A ``user`` NIC needs libvirt >= 9.0.0 and passt on PATH (spec 4.6)."""
+        """A passt backend needs libvirt >= 9.0.0 and passt on PATH (spec 4.6)."""
         return libvirt.getVersion() >= PASST_MIN_LIBVIRT and shutil.which("passt") is not None
+
+    def _user_supported(self) -> bool:
+        # Without passt, QEMU's built-in user-mode stack (SLIRP) still gives
+        # a guest outbound networking; the C++ drops ``user`` instead.
+        if self.vm_type != "kvm":
+            return False
+        scheme = urlsplit(self.uri).scheme
+        return self.passt_available() or scheme.startswith(("qemu", "test"))
+
+    def _host_provides(self, net_type: str) -> bool:
+        """Can this host give a VM this networking type right now?"""
+        if urlsplit(self.uri).scheme.startswith("test"):
+            return True  # the test hypervisor has a 'default' network and no host
+        if net_type == "nat":
+            try:
+                return bool(self.connection.call(lambda conn: conn.networkLookupByName("default").isActive()))
+            except (libvirt.libvirtError, HypervisorError) as exc:
+                log.get().info("nat_unavailable", detail=error_message(exc) if isinstance(exc, libvirt.libvirtError)
+                               else str(exc))
+                return False
+        if net_type == "bridge":
+            return os.path.isdir(f"/sys/class/net/{self.settings.bridge_interface}")
+        return True
 
     def network_plan(self) -> NetworkPlan:
         with self._lock:
             if self._plan is None:
-                user_ok = self.vm_type == "kvm" and self.passt_available()
-                self._plan = plan_networking(self.settings, self.vm_type, user_ok)
+                self._plan = plan_networking(
+                    self.settings, self.vm_type, self._user_supported(), self._host_provides
+                )
             return self._plan
 
     # ------------------------------------------------------------- domain XML

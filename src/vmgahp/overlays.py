@@ -1,0 +1,93 @@
+"""Snapshot disks: every writable disk runs on a qcow2 overlay.
+
+With ``VMPARAM_vm_Snapshot_Disk = true`` (or ``VM_SNAPSHOT_DISK`` as the
+default) the VM writes to ``vmgahp-overlay-<device>.qcow2`` in the working
+directory, backed by the untouched base image. The overlay is the job's
+output - only the blocks the guest changed go back to the submit side - and,
+being in the working directory, it travels with a checkpoint.
+
+On a restart the base image may sit at a different path (a new scratch
+directory on another machine), so a carried-over overlay is rebased onto the
+base's new path; qemu-img rewrites only the header (``rebase -u``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import errors, log
+from .errors import GahpError
+
+if TYPE_CHECKING:
+    from .job import Disk, VmJob
+
+QEMU_IMG = "qemu-img"
+TIMEOUT = 120.0  # qemu-img only touches headers here; minutes would mean a hang
+
+
+def overlay_name(device: str) -> str:
+    return f"vmgahp-overlay-{device}.qcow2"
+
+
+def needs_overlay(disk: Disk) -> bool:
+    return disk.writable and not disk.is_cdrom
+
+
+def _qemu_img(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            [QEMU_IMG, *args], capture_output=True, text=True, timeout=TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise GahpError(errors.INTERNAL, f"qemu-img {args[0]}: {exc}") from exc
+    if done.returncode != 0:
+        raise GahpError(errors.BAD_IMAGE, f"qemu-img {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def image_format(path: str) -> str:
+    """The format qemu-img detects (used when vm_disk gives none)."""
+    info = json.loads(_qemu_img("info", "--output=json", "--force-share", path))
+    return str(info["format"])
+
+
+def backing_file(path: str) -> str:
+    info = json.loads(_qemu_img("info", "--output=json", "--force-share", path))
+    return str(info.get("full-backing-filename") or info.get("backing-filename") or "")
+
+
+def prepare(job: VmJob, reuse: bool = False) -> VmJob:
+    """Put every writable disk of ``job`` on an overlay; return the new job.
+
+    ``reuse``: the overlays came with a checkpoint; keep their contents and
+    only point them at the base images' current paths.
+    """
+    if not job.snapshot_disk:
+        return job
+    disks = []
+    for disk in job.disks:
+        if not needs_overlay(disk):
+            disks.append(disk)
+            continue
+        overlay = Path(job.working_dir) / overlay_name(disk.device)
+        base_format = disk.format or image_format(disk.path)
+        if reuse and overlay.exists():
+            if backing_file(str(overlay)) != disk.path:
+                _qemu_img("rebase", "-u", "-F", base_format, "-b", disk.path, str(overlay))
+            log.get().info("overlay_reused", overlay=overlay.name, base=disk.path)
+        else:
+            overlay.unlink(missing_ok=True)
+            _qemu_img("create", "-q", "-f", "qcow2", "-F", base_format, "-b", disk.path, str(overlay))
+            log.get().info("overlay_created", overlay=overlay.name, base=disk.path, base_format=base_format)
+        _chown(overlay, job)
+        disks.append(disk.model_copy(update={"path": str(overlay), "format": "qcow2"}))
+    return job.model_copy(update={"disks": tuple(disks)})
+
+
+def _chown(path: Path, job: VmJob) -> None:
+    if job.owner_uid is not None and os.geteuid() == 0:
+        os.chown(path, job.owner_uid, job.owner_gid or job.owner_uid)
