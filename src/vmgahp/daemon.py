@@ -78,6 +78,8 @@ class Daemon:
                 elif isinstance(action, Quit):
                     quit_requested = True
         assert self.runtime is not None
+        if self.session.receiving_ad:
+            self.runtime.prepare_for_start()  # once: load what START needs now
         for request in dispatches:
             self.runtime.submit(request)
         if quit_requested:

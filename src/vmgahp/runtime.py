@@ -68,6 +68,7 @@ class Runtime:
         self._next_vm_id = 1
         self._starting = 0
         self._closing = False
+        self._prepared = False
         self._cpu = CpuUtilization()
 
     # ------------------------------------------------------------ dispatching
@@ -123,6 +124,25 @@ class Runtime:
         if isinstance(outcome, VirtualMachine):
             return self._register(outcome)
         return True, outcome
+
+    def prepare_for_start(self) -> None:
+        """Load the job model, ClassAd library and hypervisor connection in the
+        background while the starter is still sending the job ad, so START
+        does not pay for them. Not done at start-up: an idle gahp stays small."""
+        if self._prepared:
+            return
+        self._prepared = True
+
+        def warm() -> None:
+            try:
+                from . import job, jobad, media, overlays  # noqa: F401
+                import classad2  # noqa: F401
+
+                self._get_hypervisor().network_plan()
+            except Exception as exc:  # START will report it properly
+                log.get().info("prepare_failed", detail=repr(exc))
+
+        self._pool.submit(warm)
 
     # ------------------------------------------------------------- operations
     def _operate(self, request: Request) -> str | VirtualMachine:

@@ -164,5 +164,10 @@ class GahpSession:
         return []
 
     @property
+    def receiving_ad(self) -> bool:
+        """Inside a CLASSAD block: a START is usually about to follow."""
+        return self._in_ad
+
+    @property
     def pending_ids(self) -> frozenset[int]:
         return frozenset(self._pending)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 SAVE_FILE = checkpoint.MEMORY  # the C++ name, kept: admins and scripts know it
 
 
+_SAVING = frozenset({"CONDOR_VM_SUSPEND", "CONDOR_VM_CHECKPOINT"})
+
+
 class VmState(enum.Enum):
     RUNNING = "running"
     STOPPED = "stopped"
@@ -129,6 +132,11 @@ class VirtualMachine:
             return "STATUS=Stopped"
         if state is VmState.SUSPENDED and busy is None:
             return "STATUS=Suspended"
+        if busy in _SAVING or (state is VmState.SUSPENDED and busy == "CONDOR_VM_RESUME"):
+            # A save pauses the guest first, and libvirt answers no query
+            # about a domain until its save (or restore) is over: report what
+            # the guest is - suspended - instead of waiting seconds for it.
+            return "STATUS=Suspended"
         try:
             info = self.domain.info()
         except HypervisorError as exc:
@@ -149,7 +157,7 @@ class VirtualMachine:
             return "STATUS=Suspended"
         # The domain is gone or shut off. While this gahp is saving or
         # restoring it that is expected and not the end of the job.
-        if busy in ("CONDOR_VM_SUSPEND", "CONDOR_VM_SOFT_SUSPEND", "CONDOR_VM_CHECKPOINT", "CONDOR_VM_RESUME"):
+        if busy in ("CONDOR_VM_SOFT_SUSPEND", "CONDOR_VM_RESUME"):
             return "STATUS=Suspended"
         with self._lock:
             if self.state is VmState.RUNNING:
