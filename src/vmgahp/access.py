@@ -46,7 +46,7 @@ class JobUser:
         return self._groups
 
 
-def _allowed(st: os.stat_result, user: JobUser, want: int) -> bool:
+def permits(st: os.stat_result, user: JobUser, want: int) -> bool:
     """``want`` is a combination of 4 (read), 2 (write), 1 (execute/search)."""
     if user.uid == 0:
         # root reads and writes anything; execute needs some x bit.
@@ -60,10 +60,13 @@ def _allowed(st: os.stat_result, user: JobUser, want: int) -> bool:
     return bits & want == want
 
 
-def can_access(path: str, user: JobUser | None, write: bool = False) -> bool:
-    """True if ``user`` may read (or read and write) the file at ``path``."""
+def can_access(path: str, user: JobUser | None, write: bool = False, directory: bool = False) -> bool:
+    """True if ``user`` may read (or read and write) the file at ``path``;
+    with ``directory``, a directory it may list and enter is accepted too."""
     want = 6 if write else 4
     if user is None:
+        if directory and os.path.isdir(path):
+            return os.access(path, os.R_OK | os.X_OK)
         return os.access(path, os.R_OK | (os.W_OK if write else 0))
     path = os.path.abspath(path)
     try:
@@ -75,15 +78,15 @@ def can_access(path: str, user: JobUser | None, write: bool = False) -> bool:
             if up == parent:
                 break
             parent = up
-        for directory in reversed(components):
-            if not _allowed(os.stat(directory), user, 1):
+        for ancestor in reversed(components):
+            if not permits(os.stat(ancestor), user, 1):
                 return False
         st = os.stat(path)
     except OSError:
         return False
     if stat.S_ISDIR(st.st_mode):
-        return False
-    return _allowed(st, user, want)
+        return directory and permits(st, user, 5)
+    return permits(st, user, want)
 
 
 def job_user_from_env(environ: dict[str, str] | os._Environ[str]) -> JobUser | None:

@@ -230,7 +230,7 @@ def _cdrom_files(ad: JobAd, working_dir: str, user: JobUser | None) -> tuple[str
     files = []
     for name in _split_list(ad.get_str("VMPARAM_CDROM_Files")):
         path = _resolve_file(name, working_dir)
-        if not os.path.isabs(path) or not can_access(path, user):
+        if not os.path.isabs(path) or not can_access(path, user, directory=True):
             raise GahpError(errors.CANNOT_READ_CDROM_FILE, f"cannot read CD-ROM file {name!r}")
         files.append(path)
     return tuple(files)
@@ -238,8 +238,8 @@ def _cdrom_files(ad: JobAd, working_dir: str, user: JobUser | None) -> tuple[str
 
 def _resolve_file(path: str, working_dir: str) -> str:
     """A transferred kernel/initrd is used from the working dir (spec 4.3)."""
-    local = os.path.join(working_dir, os.path.basename(path))
-    if working_dir and os.path.isfile(local):
+    local = os.path.join(working_dir, os.path.basename(path.rstrip("/")))
+    if working_dir and os.path.exists(local):
         return local
     return path
 

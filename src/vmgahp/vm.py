@@ -297,6 +297,21 @@ class VirtualMachine:
             return
         # The guest ended by itself: a stale checkpoint is no output.
         checkpoint.discard(self.job.working_dir)
+        if self.job.no_output_vm:
+            self._drop_vm_output()
+
+    def _drop_vm_output(self) -> None:
+        """``vm_no_output_vm``: the job wants none of the VM's files back.
+
+        The C++ deletes the whole working directory, HTCondor's own files
+        included (Q19); vmgahp deletes only the VM's writable images that live
+        there (transferred disks, overlays, the CD-ROM image)."""
+        working_dir = Path(self.job.working_dir)
+        for disk in self.job.disks:
+            path = Path(disk.path)
+            if path.parent == working_dir and (disk.writable or disk.is_cdrom):
+                path.unlink(missing_ok=True)
+                log.get().info("output_dropped", path=path.name, detail="vm_no_output_vm")
 
 
 def _fsync_file(path: Path) -> None:
