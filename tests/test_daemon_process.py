@@ -189,3 +189,18 @@ def test_hung_libvirt_fails_the_request_and_orphans_nothing(
         assert gahp.wait() == 0
     finally:
         proxy.close()
+
+
+@pytest.mark.libvirtd
+def test_an_image_qemu_cannot_open_holds_the_job_and_leaves_no_domain(work: Path, gahps: list, libvirt_uri: str) -> None:
+    """A disk declared qcow2 that is not one: BAD_IMAGE (a hold), a log line, no domain left."""
+    gahp = GahpProcess(work, VM_KVM_LIBVIRT_URI=libvirt_uri, VM_KVM_DOMAIN_TYPE="qemu")
+    gahps.append(gahp)
+    gahp.handshake()
+    gahp.send_ad(job_ad(work, disk="disk.img:vda:w:qcow2", JobVMMemory="64"))
+    assert gahp.call("CONDOR_VM_START", "kvm") == (False, "VMGAHP_ERR_BAD_IMAGE")
+    log = (work / "vmgahp.log").read_text()
+    assert "not in qcow2 format" in log.lower()
+    assert VM_NAME not in _domain_names(libvirt_uri)
+    assert gahp.reply("QUIT") == "S"
+    assert gahp.wait() == 0
