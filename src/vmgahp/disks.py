@@ -10,13 +10,17 @@ the whole list; the caller turns that into the KVM or Xen token.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
 
 from .access import JobUser, can_access
 
 
-@dataclass(frozen=True, slots=True)
-class DiskSpec:
+class Disk(BaseModel):
+    """One disk of the VM, resolved and checked."""
+
+    model_config = ConfigDict(frozen=True)
+
     path: str  # absolute, resolved
     device: str  # lower-cased, e.g. vda
     permission: str  # as given, trimmed
@@ -44,7 +48,7 @@ def working_dir_files(working_dir: str) -> set[str]:
         return set()
 
 
-def parse_disk_list(text: str, working_dir: str, user: JobUser | None) -> tuple[DiskSpec, ...]:
+def parse_disk_list(text: str, working_dir: str, user: JobUser | None) -> tuple[Disk, ...]:
     items = [item.strip() for item in text.strip().split(",") if item.strip()]
     if not items:
         raise DiskListError("no disk in the list")
@@ -65,7 +69,7 @@ def parse_disk_list(text: str, working_dir: str, user: JobUser | None) -> tuple[
         device = fields[1].strip().lower()
         permission = fields[2].strip()
         fmt = fields[3].strip().lower() if len(fields) == 4 else ""
-        disk = DiskSpec(path, device, permission, fmt, transferred)
+        disk = Disk(path=path, device=device, permission=permission, format=fmt, transferred=transferred)
         if not device:
             raise DiskListError(f"{item!r}: empty device name")
         if not can_access(path, user, write=disk.writable):

@@ -15,41 +15,13 @@ from pydantic import BaseModel, ConfigDict
 from . import errors
 from .access import JobUser, can_access
 from .config import Settings
-from .disks import DiskListError, DiskSpec, parse_disk_list
+from .disks import Disk, DiskListError, parse_disk_list
 from .errors import GahpError
 from .jobad import JobAd
 from .networking import NetworkPlan
 
 MIN_MEMORY_MIB = 32  # the C++ raises smaller requests to 32 MiB
 DEFAULT_CDROM_DEVICE = {"kvm": "hdc", "xen": "hdc"}  # IDE: every guest kernel has a driver
-
-
-class Disk(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    path: str
-    device: str
-    permission: str
-    format: str = ""
-    transferred: bool = False
-
-    @property
-    def writable(self) -> bool:
-        return self.permission.lower() in ("w", "rw")
-
-    @property
-    def is_cdrom(self) -> bool:
-        return self.path.lower().endswith(".iso")
-
-    @classmethod
-    def from_spec(cls, spec: DiskSpec) -> "Disk":
-        return cls(
-            path=spec.path,
-            device=spec.device,
-            permission=spec.permission,
-            format=spec.format,
-            transferred=spec.transferred,
-        )
 
 
 class XenBoot(BaseModel):
@@ -184,7 +156,7 @@ def build_job(
     if not disk_text or not disk_text.strip():
         raise GahpError(no_disk, "VMPARAM_vm_Disk is missing")
     try:
-        disks = tuple(Disk.from_spec(d) for d in parse_disk_list(disk_text, working_dir, user))
+        disks = parse_disk_list(disk_text, working_dir, user)
     except DiskListError as exc:
         raise GahpError(invalid_disk, str(exc)) from exc
     snapshot_disk = ad.get_bool("VMPARAM_vm_Snapshot_Disk")
