@@ -51,4 +51,5 @@ if [ ! -x "$TOP/.venv/bin/python" ]; then
   "$PY" -m venv "$TOP/.venv"
 fi
 "$TOP/.venv/bin/pip" install -q --disable-pip-version-check -e "$TOP[test]"
+bash "$TOP/tests/guest/make-tiny-guest.sh"  # the tiny test guest, into .cache/tiny-guest (cached)
 echo "setup: done ($TOP/.venv/bin/vmgahp)"

@@ -333,3 +333,12 @@ def test_runner_env_file_sources_skipped_files_and_after_run(tmp_path: Path) -> 
     opts.after_run = failing
     result = tr.run_file(path, opts)
     assert result.status == "FAIL" and result.message == "after_run: no result.txt", result.report()
+
+
+def test_runner_substitutions_apply_to_sent_and_expected_lines(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE.replace("{faults}", ""))
+    opts = tr.Options(cmd=FAKE_GAHP, timeout=2.0, repoll_s=1.0)
+    assert tr.run_file(path, tr.Options(**{**opts.__dict__, "substitutions": {"CONDOR_VM_STOP 3 7": "CONDOR_VM_STOP 3 8"}})).passed
+    # The expectation 'S xen kvm' becomes 'S kvm xen', which the fake gahp does not say.
+    result = tr.run_file(path, tr.Options(**{**opts.__dict__, "substitutions": {"xen kvm": "kvm xen"}}))
+    assert result.status == "FAIL" and "got 'S xen kvm'" in result.message, result.report()

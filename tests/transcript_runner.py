@@ -71,6 +71,10 @@ Options for real hypervisors (``Options``; all off by default)
   O4  ``run_skipped``: run files that carry ``@skip-harness``.
   O5  ``after_run(workspace)``: called after a passing run, before the workspace is
       removed (e.g. to read the guest's output disk); an AssertionError is a FAIL.
+  O6  ``substitutions``: extra TEXT -> REPLACEMENT pairs applied like the scratch
+      placeholder (W1) to argv, env, config, sent and expected lines - e.g. a unique
+      ``ClusterId`` so that a real domain's name cannot clash with another job's on a
+      shared libvirtd.
 
 R lines
   R1  The window of an expected ``< R`` written after command C runs from the
@@ -499,7 +503,9 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def make_workspace(t: Transcript, sources: dict[str, str | Path] | None = None) -> Workspace:
+def make_workspace(
+    t: Transcript, sources: dict[str, str | Path] | None = None, substitutions: dict[str, str] | None = None
+) -> Workspace:
     root = Path(tempfile.mkdtemp(prefix="vmgahp-transcript-"))
     os.chmod(root, 0o755)  # the job user must reach the scratch and aux dirs
     scratch = root / "execute" / "dir_4242"
@@ -508,7 +514,7 @@ def make_workspace(t: Transcript, sources: dict[str, str | Path] | None = None) 
     aux.mkdir()
     os.chmod(root / "execute", 0o755)
     os.chmod(aux, 0o755)
-    mapping = {SCRATCH_PLACEHOLDER: str(scratch)}
+    mapping = {SCRATCH_PLACEHOLDER: str(scratch), **(substitutions or {})}
     for spec in t.files:
         if not spec.path.startswith(SCRATCH_PLACEHOLDER):
             mapping[spec.path.rstrip("/")] = str(aux) + spec.path.rstrip("/")
@@ -708,6 +714,7 @@ class Options:
     until_timeout: float = 120.0
     run_skipped: bool = False
     after_run: Callable[[Workspace], None] | None = None
+    substitutions: dict[str, str] = field(default_factory=dict)
 
 
 class _Run:
@@ -981,7 +988,7 @@ def run_transcript(t: Transcript, opts: Options | None = None) -> RunResult:
         return RunResult(t.name, "SKIP", t.skip_reason)
     if t.requires_root and os.geteuid() != 0:
         return RunResult(t.name, "SKIP", "needs root")
-    ws = make_workspace(t, opts.file_sources)
+    ws = make_workspace(t, opts.file_sources, opts.substitutions)
     _apply_env_overrides(ws, opts.env)
     daemon = None
     run = None

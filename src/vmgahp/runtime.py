@@ -276,7 +276,11 @@ class Runtime:
             self._idle.wait_for(lambda: self._starting == 0, timeout=CLEANUP_DEADLINE)
             names = sorted(self._names)
             hypervisor = self._hypervisor
+            vms = list(self._vms.values())
             self._vms.clear()
+        for vm in vms:
+            with contextlib.suppress(Exception):
+                vm.release()
         if hypervisor is not None and names:
             calls = [
                 (name, DeadlineCall(lambda n=name: hypervisor.destroy_by_name(n), name="vmgahp-cleanup"))

@@ -26,6 +26,7 @@ from . import checkpoint, errors, log
 from .checkpoint import fsync_dir, write_atomically
 from .drivers.base import Domain, DomainState, Hypervisor, HypervisorError
 from .errors import GahpError
+from .media import ISO_NAME
 
 if TYPE_CHECKING:
     from .job import VmJob  # pydantic: loaded by the first START, not at start-up
@@ -248,7 +249,7 @@ class VirtualMachine:
     def stop(self, grace_seconds: float) -> None:
         """CONDOR_VM_STOP: ask the guest to power off, destroy it after the grace."""
         if self.state is VmState.STOPPED:
-            self._cleanup_after_self_shutdown()
+            self.release()
             return
         try:
             if self.state is VmState.RUNNING:
@@ -263,6 +264,19 @@ class VirtualMachine:
             raise _hypervisor_error(errors.INTERNAL, "shutdown", exc) from exc
         finally:
             self._set(VmState.STOPPED)
+            self.release()
+
+    def release(self) -> None:
+        """The gahp is done with this VM (STOP, or QUIT after it ended): tidy
+        the working dir so that only the job's real output goes back."""
+        # Rebuilt from the job's files at every START: never output.
+        (Path(self.job.working_dir) / ISO_NAME).unlink(missing_ok=True)
+        if not self.self_shutdown:
+            return
+        # The guest ended by itself: a stale checkpoint is no output.
+        checkpoint.discard(self.job.working_dir)
+        if self.job.no_output_vm:
+            self._drop_vm_output()
 
     def destroy(self) -> None:
         """Used at QUIT, EOF and SIGTERM: the VM must not outlive the gahp."""
@@ -291,14 +305,6 @@ class VirtualMachine:
             os.chown(path, self.job.owner_uid, self.job.owner_gid or self.job.owner_uid)
         except OSError as exc:
             log.get().warning("chown_failed", path=str(path), detail=str(exc))
-
-    def _cleanup_after_self_shutdown(self) -> None:
-        if not self.self_shutdown:
-            return
-        # The guest ended by itself: a stale checkpoint is no output.
-        checkpoint.discard(self.job.working_dir)
-        if self.job.no_output_vm:
-            self._drop_vm_output()
 
     def _drop_vm_output(self) -> None:
         """``vm_no_output_vm``: the job wants none of the VM's files back.

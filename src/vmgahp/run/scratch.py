@@ -1,0 +1,294 @@
+"""The job's scratch directory, prepared and emptied as the starter's file transfer does.
+
+* :func:`job_user` decides whose files these are (the gahp runs the VM as that
+  user and checks disk access as that user).
+* :func:`make_scratch` and :func:`transfer_in` build a fresh ``dir_XXXX``
+  (mode 0755, as the starter leaves it for KVM/Xen) holding the job's input
+  files, owned by the job user when ``vmgahp run`` runs as root.
+* :func:`snapshot` and :func:`changed_files` find the job's output the way
+  FileTransfer does: files in the top of the scratch directory that are new or
+  whose size or modification time changed since the transfer in.
+* :func:`copy_file` copies sparse files (disk images) without filling the
+  holes, using ``SEEK_DATA``/``SEEK_HOLE`` and ``copy_file_range``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .submit import InputFile
+
+FALLBACK_UID = 1000  # the first ordinary user on most Linux systems
+CHUNK = 8 << 20
+
+# Files vmgahp run itself keeps in the scratch directory, never output
+# (the starter's own files, like _condor_stdout, are not output either).
+GAHP_LOG = "_vmgahp_run.gahp.log"
+GAHP_STDERR = "_vmgahp_run.gahp.stderr"
+OWN_FILES = frozenset({GAHP_LOG, GAHP_STDERR})
+
+
+@dataclass(frozen=True)
+class JobUser:
+    uid: int
+    gid: int
+    login: str
+    why: str  # how it was chosen, for the header
+
+    @property
+    def switch(self) -> bool:
+        """True when files must be chowned to this user (we run as root)."""
+        return os.geteuid() == 0
+
+
+def _login(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def _primary_gid(uid: int, default: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return default
+
+
+def _positive(text: str | None) -> int | None:
+    try:
+        value = int(text or "")
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def job_user(submit_dir: Path, environ: dict[str, str] | None = None) -> JobUser:
+    """Whose job this is.
+
+    * Not root: the invoking user (the gahp, not being root, runs as the caller).
+    * Root through sudo: ``SUDO_UID``/``SUDO_GID``, the user who typed the command.
+    * Plain root: the owner of the submit directory if that is not root -
+      on a pool the job would belong to whoever submitted it from there - else
+      uid 1000. The gahp never runs a VM as root (it needs ``VMGAHP_USER_UID``
+      > 0), and a root-owned job directory usually means a test set-up where
+      the first ordinary user is the best stand-in.
+    """
+    env = os.environ if environ is None else environ
+    if os.geteuid() != 0:
+        uid = os.getuid()
+        return JobUser(uid, os.getgid(), _login(uid), "the invoking user")
+    sudo_uid = _positive(env.get("SUDO_UID"))
+    if sudo_uid is not None:
+        gid = _positive(env.get("SUDO_GID")) or _primary_gid(sudo_uid, sudo_uid)
+        return JobUser(sudo_uid, gid, _login(sudo_uid), "SUDO_UID")
+    st = submit_dir.stat()
+    if st.st_uid != 0:
+        return JobUser(st.st_uid, st.st_gid, _login(st.st_uid), f"owner of {submit_dir}")
+    gid = _primary_gid(FALLBACK_UID, FALLBACK_UID)
+    why = f"uid {FALLBACK_UID}: running as root, {submit_dir} is root's"
+    return JobUser(FALLBACK_UID, gid, _login(FALLBACK_UID), why)
+
+
+def make_scratch(root: Path | None) -> Path:
+    """A fresh, empty execute directory, mode 0755."""
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="dir_vmgahp-run-", dir=root))
+    os.chmod(path, 0o755)  # vm_proc.cpp chmods it 0755 for KVM/Xen: libvirt must reach the disks
+    return path
+
+
+def reachable(path: Path, user: JobUser) -> bool:
+    """Can the job user enter ``path`` (it and every directory above it searchable)?
+
+    The gahp checks the disks as the job user, and the hypervisor must open
+    them: a scratch directory below a private directory (mode 0700) fails
+    the VM, so it is refused before anything runs.
+    """
+    if not user.switch or user.uid == 0:
+        return True
+    try:
+        groups = set(os.getgrouplist(user.login, user.gid))
+    except (KeyError, OSError):
+        groups = {user.gid}
+    for directory in [path, *path.parents]:
+        st = directory.stat()
+        if st.st_uid == user.uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid in groups:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        if not bits & 1:
+            return False
+    return True
+
+
+def transfer_in(scratch: Path, inputs: Iterable[InputFile], extra: Iterable[Path] = ()) -> list[str]:
+    """Copy the job's input files (then ``extra``, e.g. a checkpoint) into ``scratch``.
+
+    Returns the names now in the scratch directory, in copy order.
+    """
+    names: list[str] = []
+    for item in inputs:
+        if item.source.is_dir():
+            if item.name:
+                shutil.copytree(item.source, scratch / item.name, symlinks=False, copy_function=_copy2,
+                                dirs_exist_ok=True)
+                names.append(item.name)
+            else:  # "dir/" transfers the directory's contents
+                for child in sorted(item.source.iterdir()):
+                    names += transfer_in(scratch, [InputFile(child, child.name, item.command, item.line)])
+        else:
+            copy_file(item.source, scratch / item.name)
+            names.append(item.name)
+    for path in extra:
+        copy_file(path, scratch / path.name)
+        if path.name not in names:
+            names.append(path.name)
+    return names
+
+
+def chown_tree(path: Path, user: JobUser) -> None:
+    """Give the scratch directory and everything in it to the job user."""
+    if not user.switch:
+        return
+    os.chown(path, user.uid, user.gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
+
+
+FileState = tuple[int, int]  # (size, mtime_ns)
+
+
+def snapshot(scratch: Path) -> dict[str, FileState]:
+    """Size and modification time of every regular file at the top of ``scratch``."""
+    state: dict[str, FileState] = {}
+    try:
+        entries = list(os.scandir(scratch))
+    except FileNotFoundError:  # vm_no_output_vm may remove the whole directory
+        return state
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            state[entry.name] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def changed_files(scratch: Path, before: dict[str, FileState], keep: Iterable[str] = ()) -> list[str]:
+    """New or modified files (plus those in ``keep`` that still exist), sorted."""
+    now = snapshot(scratch)
+    keep = set(keep)
+    return sorted(
+        name
+        for name, state in now.items()
+        if name not in OWN_FILES and not name.endswith(".partial") and (before.get(name) != state or name in keep)
+    )
+
+
+def copy_out(scratch: Path, names: Iterable[str], destination: Path) -> list[Path]:
+    """Copy ``names`` from the scratch directory into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in names:
+        target = destination / name
+        copy_file(scratch / name, target)
+        copied.append(target)
+    return copied
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Put ``staging`` at ``final``, replacing an older one only once the new one is complete."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(staging, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ------------------------------------------------------------------ copying
+
+
+def _copy2(src: str, dst: str) -> None:
+    copy_file(Path(src), Path(dst))
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy one file, keeping holes (a 20 GB sparse image stays small) and mode/mtime."""
+    with open(src, "rb") as fin:
+        size = os.fstat(fin.fileno()).st_size
+        if dst.exists() or dst.is_symlink():
+            dst.unlink()
+        with open(dst, "wb") as fout:
+            try:
+                _copy_data_segments(fin.fileno(), fout.fileno(), size)
+            except _NoSeekData:
+                fin.seek(0)
+                _copy_range(fin.fileno(), fout.fileno(), 0, size)
+            fout.truncate(size)
+    shutil.copystat(src, dst)
+
+
+class _NoSeekData(Exception):
+    pass
+
+
+def _copy_data_segments(fin: int, fout: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(fin, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            if offset == 0 and exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise _NoSeekData from exc
+            raise
+        hole = os.lseek(fin, data, os.SEEK_HOLE)
+        _copy_range(fin, fout, data, hole - data)
+        offset = hole
+
+
+def _copy_range(fin: int, fout: int, offset: int, length: int) -> None:
+    end = offset + length
+    position = offset
+    while position < end:
+        count = min(CHUNK, end - position)
+        try:
+            done = os.copy_file_range(fin, fout, count, position, position)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            done = _pread_pwrite(fin, fout, position, count)
+        if done == 0:  # the file shrank under us
+            return
+        position += done
+
+
+def _pread_pwrite(fin: int, fout: int, position: int, count: int) -> int:
+    data = os.pread(fin, count, position)
+    if data:
+        os.pwrite(fout, data, position)
+    return len(data)
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(apparent size, bytes allocated on disk)."""
+    st = path.stat()
+    return st.st_size, st.st_blocks * 512
