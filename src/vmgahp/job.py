@@ -21,7 +21,6 @@ from .jobad import JobAd
 from .networking import NetworkPlan
 
 MIN_MEMORY_MIB = 32  # the C++ raises smaller requests to 32 MiB
-DEFAULT_CDROM_DEVICE = {"kvm": "hdc", "xen": "hdc"}  # IDE: every guest kernel has a driver
 
 
 class XenBoot(BaseModel):
@@ -71,6 +70,11 @@ class VmJob(BaseModel):
     @property
     def has_transferred_disk(self) -> bool:
         return any(d.transferred for d in self.disks)
+
+
+def default_cdrom_device(xen: XenBoot | None) -> str:
+    """Paravirtualised Xen guests see only xvd* devices; everything else has IDE."""
+    return "xvdc" if xen is not None and xen.mode != "vmx" else "hdc"
 
 
 def vm_name(ad: JobAd) -> str | None:
@@ -169,7 +173,7 @@ def build_job(
         raise GahpError(mismatched_ckpt, "checkpointing needs every disk on a shared filesystem (or vm_snapshot_disk)")
     cdrom_files = _cdrom_files(ad, working_dir, user)
     device_attr = "VMPARAM_Xen_CDROM_Device" if vm_type == "xen" else "VMPARAM_Kvm_CDROM_Device"
-    cdrom_device = (ad.get_str(device_attr) or "").strip().lower() or DEFAULT_CDROM_DEVICE[vm_type]
+    cdrom_device = (ad.get_str(device_attr) or "").strip().lower() or default_cdrom_device(xen)
 
     ad.set_str("VMPARAM_VM_NAME", name)
     return VmJob(

@@ -88,12 +88,12 @@ def attach_cdrom(job: VmJob) -> VmJob:
     """
     if not job.cdrom_files:
         return job
-    from .job import DEFAULT_CDROM_DEVICE, Disk  # deferred like the rest of pydantic
+    from .job import Disk, default_cdrom_device  # deferred like the rest of pydantic
 
     if not os.path.isabs(job.working_dir):
         raise GahpError(errors.CANNOT_CREATE_ISO_FILE, f"working dir {job.working_dir!r} is not an absolute path")
     iso_path = os.path.join(job.working_dir, ISO_NAME)
-    device = job.cdrom_device or DEFAULT_CDROM_DEVICE[job.vm_type]
+    device = job.cdrom_device or default_cdrom_device(job.xen)
     _check_device(job, device, iso_path)
     user = None
     if job.owner_uid is not None:

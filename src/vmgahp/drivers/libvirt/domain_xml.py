@@ -10,6 +10,26 @@ follows the C++ gahp's built-in XML (spec 4.8) with these deliberate fixes:
   appears anywhere in the path), and CD-ROMs are always read-only;
 * every disk the job may not write is read-only (the C++ only marks ``r``);
 * every NIC carries the job's MAC, and a virtio model on KVM.
+
+Xen shapes (libvirt's libxl driver; checked against libvirt's RNG schema and
+golden files in ``tests/golden/xen``, see ``tests/test_xen.py``):
+
+* PV with a kernel path: ``<os><type>linux</type><kernel/><initrd/>
+  <cmdline>root=ROOT PARAMS</cmdline></os>``. The root device goes into the
+  command line: libxl ignores libvirt's ``<root>`` element.
+* PV with ``xen_kernel = included``: ``<bootloader>XEN_BOOTLOADER</bootloader>``
+  beside ``<os><type>linux</type></os>``; the job's kernel parameters go in
+  ``<cmdline>``, which libxl hands to the bootloader as one ``--args=...``
+  argument (libxl's ``make_bootloader_args``). ``<bootloader_args>`` is
+  not used: libvirt splits it on blanks, which breaks multi-word parameters.
+  (The C++ drops the parameters of a bootloader guest.)
+* HVM (``xen_kernel = vmx``): ``<os><type machine='xenfv'>hvm</type>
+  <loader>hvmloader</loader><boot/></os>`` with ACPI/APIC/PAE. (The C++ wrote
+  ``<type>linux</type>`` without a kernel, which no Xen can boot.)
+* ``xvd*`` disks sit on ``bus='xen'`` (the paravirtual block device);
+  ``hd*``/``sd*`` devices keep the bus libvirt derives (IDE/SCSI, emulated
+  for HVM), so the job's CD-ROM image on the default ``hdc`` is an IDE
+  CD-ROM for an HVM guest.
 """
 
 from __future__ import annotations
@@ -23,6 +43,7 @@ if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
 
 
 XEN_HVMLOADER = "/usr/lib/xen/boot/hvmloader"
+XEN_HVM_MACHINE = "xenfv"  # libxl's machine type for a fully virtualised guest
 KVM_DOMAIN_TYPES = ("kvm", "qemu")
 NETWORK_TYPES = ("nat", "bridge", "user")
 
@@ -73,9 +94,12 @@ def _lifecycle(root: ET.Element) -> None:
     _sub(root, "on_crash", "destroy")
 
 
-def _hvm_os(root: ET.Element, job: VmJob, loader: str = "") -> None:
+def _hvm_os(root: ET.Element, job: VmJob, loader: str = "", machine: str = "") -> None:
     os_el = _sub(root, "os")
-    _sub(os_el, "type", "hvm")
+    if machine:
+        _sub(os_el, "type", "hvm", machine=machine)
+    else:
+        _sub(os_el, "type", "hvm")
     if loader:
         _sub(os_el, "loader", loader)
     _sub(os_el, "boot", dev="hd")
@@ -114,7 +138,7 @@ def _xen_domain(job: VmJob, xen_bootloader: str) -> ET.Element:
     root = _header("xen", job)
     hvm = boot.mode == "vmx"
     if hvm:
-        _hvm_os(root, job, loader=XEN_HVMLOADER)
+        _hvm_os(root, job, loader=XEN_HVMLOADER, machine=XEN_HVM_MACHINE)
         _hvm_features(root, pae=True)
     elif boot.mode == "included":
         bootloader = boot.bootloader or xen_bootloader
@@ -123,12 +147,14 @@ def _xen_domain(job: VmJob, xen_bootloader: str) -> ET.Element:
         _sub(root, "bootloader", bootloader)
         os_el = _sub(root, "os")
         _sub(os_el, "type", "linux")
+        if boot.kernel_params:
+            _sub(os_el, "cmdline", boot.kernel_params)
     else:
         _pv_kernel_os(root, boot)
     _lifecycle(root)
     devices = _sub(root, "devices")
     for disk in job.disks:
-        _disk(devices, disk)
+        _disk(devices, disk, xen=True)
     if job.networking_type == "user":
         raise DomainXmlError("Xen has no user networking")
     # Xen picks its own paravirtual NIC; virtio is a KVM device.
@@ -152,14 +178,18 @@ def _pv_kernel_os(root: ET.Element, boot: XenBoot) -> None:
         _sub(os_el, "cmdline", cmdline)
 
 
-def _disk(devices: ET.Element, disk: Disk) -> None:
+def _disk(devices: ET.Element, disk: Disk, xen: bool = False) -> None:
     cdrom = disk.is_cdrom
     el = _sub(devices, "disk", type="file", device="cdrom" if cdrom else "disk")
     if disk.format:
         _sub(el, "driver", name="qemu", type=disk.format)
     _sub(el, "source", file=disk.path)
-    # No bus: libvirt derives it from the device prefix (vd*, hd*, sd*, xvd*).
-    _sub(el, "target", dev=disk.device)
+    # KVM: no bus, libvirt derives it from the device prefix (vd*, hd*, sd*).
+    # Xen: xvd* is the paravirtual block device, said explicitly.
+    if xen and disk.device.startswith("xvd"):
+        _sub(el, "target", dev=disk.device, bus="xen")
+    else:
+        _sub(el, "target", dev=disk.device)
     if cdrom or not disk.writable:
         _sub(el, "readonly")
 
