@@ -138,6 +138,7 @@ def _serve(invocation: Invocation, user: object) -> int:
     pending = PendingPreflight(vm_type, SERVER_CHECK_DEADLINE, invocation.terminal_log)
     # Check the type and import the daemon while the child reads the configuration.
     _check_vm_type(vm_type)
+    from . import config  # noqa: F401 - pending.settings() needs it; load it now
     from .daemon import Daemon, warm_up
     from .drivers.registry import available_types
     from .session import GahpSession

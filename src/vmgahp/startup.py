@@ -18,7 +18,6 @@ text; the parent turns the knobs into :class:`~vmgahp.config.Settings`.
 from __future__ import annotations
 
 import os
-import json
 import select
 import signal
 import time
@@ -64,6 +63,8 @@ def _check_host(vm_type: str, knobs: dict[str, str]) -> list[str] | None:
 
 
 def _send(write_fd: int, message: list) -> None:
+    import json  # imported here: after the fork, not on the way to it
+
     view = memoryview(json.dumps(message).encode() + b"\n")
     while view:
         written = os.write(write_fd, view)
@@ -120,7 +121,10 @@ class PendingPreflight:
         try:
             while True:
                 end = self._started + self.deadline
-                kind, value = json.loads(self._reader.line(end))
+                line = self._reader.line(end)
+                import json
+
+                kind, value = json.loads(line)
                 if kind == "knobs":
                     knobs = value
                     # Known before the host check: the failure gets logged
