@@ -142,7 +142,12 @@ class Runtime:
             except Exception as exc:  # START will report it properly
                 log.get().info("prepare_failed", detail=repr(exc))
 
-        self._pool.submit(warm)
+        def bounded() -> None:
+            # A hung hypervisor must not keep a worker for ever.
+            with contextlib.suppress(DeadlineExceeded):
+                DeadlineCall(warm, name="vmgahp-prepare").wait(self.settings.call_timeout)
+
+        self._pool.submit(bounded)
 
     # ------------------------------------------------------------- operations
     def _operate(self, request: Request) -> str | VirtualMachine:
