@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TOP / "tests"))
+
+from gahp_process import gahp_env  # noqa: E402 - the tests' daemon environment
 PYTHON = TOP / ".venv" / "bin" / "python"
 VMGAHP = TOP / ".venv" / "bin" / "vmgahp"
 
@@ -41,28 +44,13 @@ VMPARAM_vm_Disk = "disk.img:vda:w:raw"
 """
 
 
-def _env(work: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("_CONDOR_", "VMGAHP_"))}
-    env.update(
-        CONDOR_CONFIG="/dev/null",
-        _CONDOR_VM_MEMORY="1024",
-        _CONDOR_VM_KVM_LIBVIRT_URI="test:///default",
-        _CONDOR_VM_GAHP_LOG=str(work / "vmgahp.log"),
-        VMGAHP_VMTYPE="kvm",
-        VMGAHP_WORKING_DIR=str(work),
-        VMGAHP_USER_UID=str(os.getuid() or 1000),
-        VMGAHP_USER_GID=str(os.getgid() or 1000),
-    )
-    return env
-
-
 class Gahp:
     def __init__(self, work: Path) -> None:
         self.proc = subprocess.Popen(
             [str(VMGAHP), "-f", "-M", "3"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=_env(work),
+            env=gahp_env(work),
             cwd=work,
             bufsize=0,
         )
@@ -124,7 +112,7 @@ def bench_startup(work: Path, runs: int) -> None:
     banner = median_seconds(banner_only, runs)
     print(f"bare python -c pass      {bare * 1e3:8.1f} ms")
     print(f"time to banner           {banner * 1e3:8.1f} ms   ratio {banner / bare:5.2f}x (target <= 4x)")
-    env = _env(work)
+    env = gahp_env(work)
     probe = median_seconds(
         lambda: subprocess.run([str(VMGAHP), "-f", "-M", "0", "vmtype", "kvm"], env=env, check=True,
                                stdout=subprocess.DEVNULL),

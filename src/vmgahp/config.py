@@ -9,8 +9,8 @@ start-up; the gahp never re-reads its configuration.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable
 
 DEFAULT_KVM_URI = "qemu:///session"  # what the C++ gahp hard-codes
 DEFAULT_XEN_URI = "xen:///system"
@@ -46,7 +46,6 @@ class Settings:
     xen_uri: str = DEFAULT_XEN_URI
     kvm_domain_type: str = "kvm"
     snapshot_disk_default: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def uri_for(self, vm_type: str) -> str:
         return self.xen_uri if vm_type == "xen" else self.kvm_uri

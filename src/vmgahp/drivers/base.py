@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 
 class Capability(enum.Flag):
-    """What a backend can do; SUPPORT_VMS, the probe and docs derive from it."""
+    """What a backend can do, declared by each driver (``Hypervisor.capabilities``).
+
+    SUPPORT_VMS comes from the registry (is the backend's library installed?)
+    and the probe's networking types from ``network_plan``; these flags say
+    what a driver offers at all, for callers that must choose (none yet)."""
 
     NONE = 0
     PAUSE = enum.auto()  # soft suspend: RAM kept, CPUs stopped
