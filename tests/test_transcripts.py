@@ -28,10 +28,8 @@ TRANSCRIPTS = sorted(SHARED_DIR.glob("*.txt")) + sorted(OWN_DIR.glob("*.txt"))
 
 # Where vmgahp deliberately fixes the C++ behaviour a shared transcript
 # records. Each must still fail (strict), and an own transcript shows the fix.
-DEVIATIONS = {
-    "12_probe_test_mode.txt": "vmgahp fixes quirk Q9: the probe advertises only networking types this host "
-    "provides; bridge without VM_NETWORKING_BRIDGE_INTERFACE is dropped (see 87_probe_networking_filtered)",
-}
+# (None today: the shared 12_probe_test_mode.txt now accepts the Q9 fix.)
+DEVIATIONS: dict[str, str] = {}
 
 
 # --------------------------------------------------------------- the transcripts
