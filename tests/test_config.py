@@ -35,11 +35,37 @@ class TestVmMemory:
         with pytest.raises(ConfigError):
             settings_from({}.get)
 
-    @pytest.mark.parametrize("value", ["0", "-5", "abc", "", "  "])
+    @pytest.mark.parametrize("value", ["0", "-5", "abc", "", "  ", "512 MB", "1_024", "\u0661\u0662"])
     def test_invalid(self, value):
-        """Zero, negative, non-numeric and empty VM_MEMORY are configuration errors."""
+        """Zero, negative, non-numeric, non-ASCII digits, Python-only literals and empty
+        VM_MEMORY are configuration errors (param_integer gives its default 0)."""
         with pytest.raises(ConfigError):
             settings(VM_MEMORY=value)
+
+    @pytest.mark.parametrize(
+        "value,expected",
+        [("512 * 2", 1024), ("24105 * 3 / 4", 18078), ("(1 + 1) * 256", 512), ("2048.9", 2048),
+         ("true", 1), ("+64", 64), ("99999999999999", 0x7FFFFFFF)],
+    )
+    def test_expression(self, value, expected):
+        """param_integer evaluates a value that is not a plain number as a ClassAd expression
+        (condor_config.cpp string_is_long_param): reals are truncated, booleans count 0/1,
+        values beyond a C int are clamped."""
+        assert settings(VM_MEMORY=value).vm_memory == expected
+
+    def test_detected_memory_macro(self, tmp_path: Path):
+        """The real configuration library expands $(DETECTED_MEMORY); the expression is then evaluated."""
+        config = tmp_path / "condor_config"
+        config.write_text("VM_MEMORY = $(DETECTED_MEMORY) * 3 / 4\n")
+        out = _load_in_child(config, "print(s.vm_memory)")
+        with open("/proc/meminfo") as meminfo:
+            total_mib = int(meminfo.readline().split()[1]) // 1024
+        assert abs(int(out) - total_mib * 3 // 4) <= 2
+
+    def test_vm_max_number_is_not_read(self):
+        """The startd evaluates VM_MAX_NUMBER; the gahp never reads it, so no value of it fails."""
+        s = settings(VM_MAX_NUMBER="$(NUM_CPUS) garbage (")
+        assert s.vm_memory == 1024 and s.warnings == ()
 
 
 # --------------------------------------------------------------------------- networking knobs
@@ -82,40 +108,40 @@ class TestNetworkingKnobs:
 
 
 # --------------------------------------------------------------------------- booleans
+_BOOL_KNOBS = ("VM_NETWORKING", "VM_HARDWARE_VT", "VM_SOFT_SUSPEND", "XEN_ALLOW_HARDWARE_VT_SUSPEND")
+
+
+def _flags(s: Settings) -> tuple[bool, ...]:
+    return (s.networking, s.hardware_vt, s.soft_suspend, s.xen_allow_hardware_vt_suspend)
+
+
 class TestBooleans:
     @pytest.mark.parametrize(
         "text,value",
         [
-            ("true", True),
-            ("TRUE", True),
-            ("True", True),
-            ("yes", True),
-            ("1", True),
-            ("T", True),
-            ("t", True),
-            ("false", False),
-            ("FALSE", False),
-            ("no", False),
-            ("0", False),
-            ("F", False),
-            ("f", False),
+            ("true", True), ("TRUE", True), ("True", True), ("1", True), ("true  ", True),
+            ("false", False), ("FALSE", False), ("0", False),
+            # Not literals: ClassAd expressions, evaluated (string_is_boolean_param).
+            ("1 == 1", True), ("2 > 3", False), ("5", True), ("0.0", False), ("TRUE && !FALSE", True),
         ],
     )
     def test_boolean_spellings(self, text, value):
-        """HTCondor boolean spellings are understood for every boolean knob."""
-        s = settings(
-            VM_NETWORKING=text,
-            VM_NETWORKING_TYPE="nat",
-            VM_HARDWARE_VT=text,
-            VM_SOFT_SUSPEND=text,
-            XEN_ALLOW_HARDWARE_VT_SUSPEND=text,
-        )
-        assert (s.networking, s.hardware_vt, s.soft_suspend, s.xen_allow_hardware_vt_suspend) == (value,) * 4
+        """HTCondor's boolean literals and boolean expressions, for every boolean knob."""
+        s = settings(VM_NETWORKING_TYPE="nat", **{name: text for name in _BOOL_KNOBS})
+        assert _flags(s) == (value,) * 4
+        assert s.warnings == ()
+
+    @pytest.mark.parametrize("text", ["yes", "no", "t", "f", "on", "Y", "maybe", "true false"])
+    def test_not_booleans_to_htcondor(self, text):
+        """yes/no/t/f are attribute references to HTCondor, UNDEFINED, so the knob keeps its
+        default (false) and the gahp says so in its log - it does not stop."""
+        s = settings(VM_NETWORKING_TYPE="nat", **{name: text for name in _BOOL_KNOBS})
+        assert _flags(s) == (False,) * 4
+        assert len(s.warnings) == 4 and all("not a boolean" in w for w in s.warnings)
 
     def test_boolean_defaults(self):
         """Boolean knobs default to false."""
-        s = settings()
-        assert (s.networking, s.hardware_vt, s.soft_suspend, s.xen_allow_hardware_vt_suspend) == (False,) * 4
+        assert _flags(settings()) == (False,) * 4
 
 
 # --------------------------------------------------------------------------- hypervisor knobs (section 9)
@@ -160,9 +186,21 @@ class TestTimeouts:
         assert (s.req_timeout, s.call_timeout) == (120, 90.0)
 
     def test_req_timeout_not_a_number(self):
-        """A non-numeric VM_GAHP_REQ_TIMEOUT is a configuration error."""
-        with pytest.raises(ConfigError):
-            settings(VM_GAHP_REQ_TIMEOUT="soon")
+        """A non-numeric VM_GAHP_REQ_TIMEOUT keeps its default with a warning, as
+        param_integer does; it never stops the gahp."""
+        s = settings(VM_GAHP_REQ_TIMEOUT="soon")
+        assert (s.req_timeout, s.call_timeout) == (300, 270.0)
+        assert any("VM_GAHP_REQ_TIMEOUT" in w for w in s.warnings)
+
+    def test_req_timeout_expression(self):
+        """Integer knobs are ClassAd expressions too."""
+        assert settings(VM_GAHP_REQ_TIMEOUT="2 * 60").call_timeout == 90.0
+
+    @pytest.mark.parametrize("value", ["'--debug /tmp/x", "\"unterminated", "a 'b c"])
+    def test_xml_script_args_never_fail_start_up(self, value):
+        """LIBVIRT_XML_SCRIPT_ARGS is only parsed at START: no value of it fails here."""
+        s = settings(LIBVIRT_XML_SCRIPT_ARGS=value)
+        assert s.xml_script_args == value and s.warnings == ()
 
 
 # --------------------------------------------------------------------------- the real HTCondor config
@@ -179,20 +217,22 @@ def test_load_settings_uses_htcondor_config(tmp_path: Path):
             """
         )
     )
+    env_knobs = {"_CONDOR_VM_NETWORKING": "true"}
+    out = _load_in_child(config, "print(s.vm_memory, s.networking, ','.join(s.networking_types), s.call_timeout)",
+                         env_knobs)
+    assert out.split() == ["2048", "True", "nat,bridge", "270.0"]
+
+
+def _load_in_child(config: Path, code: str, extra_env: dict[str, str] | None = None) -> str:
+    """Run load_settings() in a fresh interpreter with CONDOR_CONFIG=config."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("_CONDOR_") and key != "CONDOR_CONFIG"
     }
     env["CONDOR_CONFIG"] = str(config)
-    env["_CONDOR_VM_NETWORKING"] = "true"
-    code = (
-        "from vmgahp.config import load_settings\n"
-        "s = load_settings()\n"
-        "print(s.vm_memory, s.networking, ','.join(s.networking_types), s.call_timeout)\n"
-    )
-    python = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
-    exe = str(python) if python.exists() else sys.executable
-    done = subprocess.run([exe, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    env.update(extra_env or {})
+    program = "from vmgahp.config import load_settings\ns = load_settings()\n" + code + "\n"
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2048", "True", "nat,bridge", "270.0"]
+    return done.stdout

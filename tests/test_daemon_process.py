@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -204,3 +205,22 @@ def test_an_image_qemu_cannot_open_holds_the_job_and_leaves_no_domain(work: Path
     assert VM_NAME not in _domain_names(libvirt_uri)
     assert gahp.reply("QUIT") == "S"
     assert gahp.wait() == 0
+
+
+def test_one_version_on_the_wire(tmp_path: Path) -> None:
+    """The banner's version, the VERSION reply and the probe's VM_GAHP_VERSION agree
+    (the VM GAHP protocol version); the release is the banner's name field."""
+    import vmgahp
+
+    gahp = GahpProcess(tmp_path)
+    try:
+        banner = gahp.readline()
+        version = banner.split()[1]
+        assert banner.endswith(f" vmgahp-{vmgahp.__version__} $")
+        assert gahp.reply("VERSION") == "S " + banner
+    finally:
+        gahp.kill()
+    probe = subprocess.run([sys.executable, "-m", "vmgahp", "-f", "-M", "0", "vmtype", "kvm"],
+                           env=gahp_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert f'VM_GAHP_VERSION = "{version}"' in probe.stdout.splitlines()

@@ -504,15 +504,22 @@ class TestXen:
         )
 
     def test_transferred_kernel_and_initrd(self, workdir):
-        """Transferred kernel and initrd files are used from the working dir."""
+        """Transferred kernel and initrd files (named as the job transferred them) are used
+        from the working dir."""
         job = build(
             workdir,
             "xen",
-            VMPARAM_Xen_Kernel='"/submit/vmlinuz"',
-            VMPARAM_Xen_Initrd='"/submit/initrd.img"',
+            VMPARAM_Xen_Kernel='"vmlinuz"',
+            VMPARAM_Xen_Initrd='"initrd.img"',
             VMPARAM_Xen_Root='"/dev/xvda"',
         )
         assert (job.xen.kernel, job.xen.initrd) == (str(workdir / "vmlinuz"), str(workdir / "initrd.img"))
+
+    def test_submit_side_path_not_found_here(self, workdir):
+        """A kernel path that does not exist on this machine fails even when a file of
+        that name was transferred (the path is checked as written, spec 4.3)."""
+        token = token_of(workdir, "xen", VMPARAM_Xen_Kernel='"/submit/vmlinuz"', VMPARAM_Xen_Root='"/dev/xvda"')
+        assert token == errors.XEN_KERNEL_NOT_FOUND
 
     def test_kernel_not_found(self, workdir):
         """An unreadable kernel path: XEN_KERNEL_NOT_FOUND."""

@@ -259,28 +259,58 @@ def test_existing_name_is_left_alone(hv: LibvirtHypervisor, raw_conn, tmp_path: 
         hv.destroy_by_name(job.name)
 
 
-def test_classify_start_error(tmp_path: Path) -> None:
-    job = make_job(tmp_path)
-    disk = job.disks[0].path
-    assert classify_start_error("internal error: qemu unexpectedly closed the monitor: "
-                                "qcow2: Image is not in qcow2 format", job) == errors.BAD_IMAGE
-    assert classify_start_error("image is not in qcow2 format", job) == errors.BAD_IMAGE
-    missing = f"Cannot access storage file '{disk}': No such file or directory"
-    assert classify_start_error(missing, job) == errors.BAD_IMAGE
-    assert classify_start_error("Cannot access storage file '/other.img'", job) == errors.INTERNAL
-    assert classify_start_error("unsupported configuration: Domain requires KVM", job) == errors.INTERNAL
+Q, ST = libvirt.VIR_FROM_QEMU, libvirt.VIR_FROM_STORAGE
+QEMU_DIED = "internal error: qemu unexpectedly closed the monitor: "
+
+
+@pytest.mark.parametrize(
+    ("code", "source", "message", "image", "origin", "token"),
+    [
+        # QEMU cannot open the job's image as its declared format: the job's fault.
+        (libvirt.VIR_ERR_INTERNAL_ERROR, Q, QEMU_DIED + "Image is not in qcow2 format", "raw", "builtin", "BAD"),
+        (libvirt.VIR_ERR_INTERNAL_ERROR, Q, QEMU_DIED + "something qemu says", "raw-as-qcow2", "builtin", "BAD"),
+        (libvirt.VIR_ERR_SYSTEM_ERROR, ST, "Cannot access storage file: No such file", "missing", "builtin", "BAD"),
+        # The image opens fine: the failure is the host's (permission to QEMU, a lock, memory).
+        (libvirt.VIR_ERR_INTERNAL_ERROR, Q, QEMU_DIED + "Could not open '{disk}': Permission denied", "raw", "builtin",
+         "INTERNAL"),
+        (libvirt.VIR_ERR_INTERNAL_ERROR, Q, QEMU_DIED + 'Failed to get "write" lock', "raw", "builtin", "INTERNAL"),
+        (libvirt.VIR_ERR_INTERNAL_ERROR, Q, QEMU_DIED + "cannot set up guest memory: Cannot allocate memory", "raw",
+         "builtin", "INTERNAL"),
+        (libvirt.VIR_ERR_SYSTEM_ERROR, ST, "Cannot access storage file (as uid:64055): Permission denied", "raw",
+         "builtin", "INTERNAL"),
+        (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_FROM_QEMU, "unsupported configuration: Domain requires KVM",
+         "raw", "builtin", "INTERNAL"),
+        (libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, "operation failed: ...", "raw", "builtin", "INTERNAL"),
+        (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_FROM_REMOTE, "no connection driver", "raw", "builtin", "INTERNAL"),
+        # The description: the job's values made the built-in XML invalid; a script's XML is the admin's.
+        (libvirt.VIR_ERR_XML_INVALID_SCHEMA, libvirt.VIR_FROM_XML, "XML document failed to validate", "raw", "builtin",
+         "BAD"),
+        (libvirt.VIR_ERR_XML_INVALID_SCHEMA, libvirt.VIR_FROM_XML, "XML document failed to validate", "raw", "script",
+         "INTERNAL"),
+        (libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_FROM_DOMAIN, "XML error: bad MAC address", "raw", "builtin", "BAD"),
+    ],
+)
+def test_classify_start_error(tmp_path: Path, code, source, message, image, origin, token) -> None:
+    """By libvirt's error code, then by whether qemu-img can open the job's images (docs/admin.md)."""
+    path = tmp_path / "disk.img"
+    if image != "missing":
+        path.write_bytes(b"\0" * 65536)  # a raw image
+    fmt = "qcow2" if image == "raw-as-qcow2" else "raw"
+    job = make_job(tmp_path, disks=(Disk(path=str(path), device="vda", permission="w", format=fmt),))
+    expected = errors.BAD_IMAGE if token == "BAD" else errors.INTERNAL
+    assert classify_start_error(code, source, message.format(disk=path), job, origin) == expected
 
 
 @pytest.mark.parametrize(
     ("message", "token"),
     [
         ("internal error: process exited while connecting to monitor: Image is not in qcow2 format", errors.BAD_IMAGE),
-        ("Cannot access storage file '{disk}' (as uid:0, gid:0): No such file or directory", errors.BAD_IMAGE),
         ("internal error: process exited while connecting to monitor: out of memory", errors.INTERNAL),
     ],
 )
 def test_start_failure_tokens(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch, message: str, token: str) -> None:
     job = make_job(tmp_path)
+    (tmp_path / "disk.img").write_bytes(b"\0" * 65536)
     text = message.format(disk=job.disks[0].path)
     real = hv.connection.get()
 
@@ -343,7 +373,7 @@ def test_xml_script_output_is_used(tmp_path: Path, raw_conn) -> None:
     stdin_copy = tmp_path / "stdin.txt"
     argv_copy = tmp_path / "argv.txt"
     script = write_script(tmp_path / "make-xml.sh", f"""\
-        echo "$@" > {argv_copy}
+        printf '%s|' "$#" "$@" > {argv_copy}
         cat > {stdin_copy}
         echo "<domain type='kvm'>"
         echo "  <name>whatever-the-script-says</name>"
@@ -352,7 +382,8 @@ def test_xml_script_output_is_used(tmp_path: Path, raw_conn) -> None:
         echo "  <os><type>hvm</type></os>"
         echo "</domain>"
         """)
-    cfg = settings(xml_script=str(script), xml_script_args=("/tmp/debug log",), bridge_interface="br7")
+    # V2 syntax: double-quoted, single quotes group words (HTCondor's ArgList).
+    cfg = settings(xml_script=str(script), xml_script_args="\"'/tmp/debug log' -v\"", bridge_interface="br7")
     hypervisor = LibvirtHypervisor(cfg, "kvm")
     job = make_job(tmp_path, networking_type="nat")
     hypervisor.create(job)
@@ -360,7 +391,7 @@ def test_xml_script_output_is_used(tmp_path: Path, raw_conn) -> None:
         root = domain_xml_of(raw_conn, job.name)  # the gahp's name, not the script's
         assert root.findtext("description") == "from the script"
         assert root.get("type") == "qemu"  # rewritten to VM_KVM_DOMAIN_TYPE
-        assert argv_copy.read_text().strip() == "/tmp/debug log"
+        assert argv_copy.read_text() == "2|/tmp/debug log|-v|"
         fed = stdin_copy.read_text()
         assert fed == script_input(job, cfg)
         assert fed.startswith(job.ad_text)

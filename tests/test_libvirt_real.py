@@ -123,3 +123,26 @@ def test_real_wrong_format_is_bad_image(hv: LibvirtHypervisor, tmp_path: Path) -
     finally:
         hv.destroy_by_name(job.name)
 
+
+
+def test_real_locked_image_is_internal(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    """An image another process holds open for writing: QEMU cannot get its lock.
+    A good image on a busy host is not the job's fault, so the job is requeued
+    (INTERNAL), not held (BAD_IMAGE)."""
+    import subprocess
+
+    image = blank_disk(tmp_path / "locked.img")
+    holder = subprocess.Popen(["qemu-io", "-f", "raw", str(image)], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: any(f"{image}" in os.readlink(f"/proc/{holder.pid}/fd/{fd}")
+                                    for fd in os.listdir(f"/proc/{holder.pid}/fd")), timeout=10)
+        job = real_job(tmp_path, Disk(path=str(image), device="vda", permission="w", format="raw"))
+        with pytest.raises(GahpError) as info:
+            hv.create(job)
+        assert info.value.token == errors.INTERNAL
+        assert "lock" in info.value.detail
+        assert hv.lookup(job.name) is None
+    finally:
+        holder.kill()
+        holder.wait()

@@ -200,10 +200,24 @@ def test_start_failure_that_requeues_the_job(tmp_path: Path, env: dict[str, str]
 
 def test_gahp_that_refuses_to_start(tmp_path: Path, env: dict[str, str]) -> None:
     sub = job_dir(tmp_path)
-    del env["_CONDOR_VM_MEMORY"]
+    env["_CONDOR_VM_MEMORY"] = "0"  # configured, and invalid: no default replaces it
     code, stdout, stderr = run([str(sub)], env)
     assert code == 1, stdout + stderr
     assert "refused to start" in stderr and "VM_MEMORY" in stderr
+
+
+def test_defaults_without_configuration(tmp_path: Path, env: dict[str, str]) -> None:
+    """No VM_MEMORY and no domain type configured: vmgahp run picks them from this
+    host, says so, and the job runs (vacated here by --max-wall)."""
+    sub = job_dir(tmp_path)
+    del env["_CONDOR_VM_MEMORY"]
+    code, stdout, stderr = run([str(sub), "--max-wall", "1", "--status-interval", "0.2"], env)
+    assert code == 124, stdout + stderr
+    total = int(open("/proc/meminfo").readline().split()[1]) // 1024
+    assert f"default      VM_MEMORY = {total * 3 // 4} (3/4 of this host's {total} MiB" in stdout
+    assert "default      VM_KVM_DOMAIN_TYPE = " in stdout
+    assert "VM_KVM_LIBVIRT_URI" not in stdout  # configured (test:///default): not replaced
+    assert "== vacated (--max-wall 1 s) ==" in stdout
 
 
 # ---------------------------------------------------------- scripted gahp

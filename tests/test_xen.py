@@ -130,12 +130,13 @@ def token_of(workdir: Path, **kwargs) -> str:
 
 # --------------------------------------------------------------- the shapes
 def _pv_kernel(workdir: Path, shared: Path) -> VmJob:
-    """Kernel path: the transferred kernel and initrd are used from the scratch dir."""
+    """Kernel path: the transferred kernel and initrd (named as transferred, relative
+    to the scratch dir) are used from the scratch dir."""
     return job_for(
         workdir,
         network=NAT_BRIDGE,
-        VMPARAM_Xen_Kernel='"/home/alice/vm/vmlinuz"',
-        VMPARAM_Xen_Initrd='"/home/alice/vm/initrd.img"',
+        VMPARAM_Xen_Kernel='"vmlinuz"',
+        VMPARAM_Xen_Initrd='"initrd.img"',
         VMPARAM_Xen_Root='"/dev/xvda1"',
         VMPARAM_Xen_Kernel_Params='"console=hvc0 ro"',
         VMPARAM_vm_Disk=f'"xen.img:xvda:w, {shared}/data.img:xvdb:r"',
@@ -401,16 +402,34 @@ def test_unreadable_kernel_and_initrd(dirs) -> None:
     os.chmod(kernel, 0o644)
     os.chmod(workdir / "initrd.img", 0o600)
     token = token_of(
-        workdir, user=user, VMPARAM_Xen_Kernel=f'"{kernel}"', VMPARAM_Xen_Initrd='"/home/alice/vm/initrd.img"',
+        workdir, user=user, VMPARAM_Xen_Kernel=f'"{kernel}"', VMPARAM_Xen_Initrd='"initrd.img"',
         VMPARAM_Xen_Root='"/dev/xvda1"',
     )
     assert token == errors.XEN_INITRD_NOT_FOUND
     os.chmod(workdir / "initrd.img", 0o644)
     job = job_for(
-        workdir, user=user, VMPARAM_Xen_Kernel=f'"{kernel}"', VMPARAM_Xen_Initrd='"/home/alice/vm/initrd.img"',
+        workdir, user=user, VMPARAM_Xen_Kernel=f'"{kernel}"', VMPARAM_Xen_Initrd='"initrd.img"',
         VMPARAM_Xen_Root='"/dev/xvda1"',
     )
     assert (job.xen.kernel, job.xen.initrd) == (str(kernel), str(workdir / "initrd.img"))
+
+
+def test_kernel_and_initrd_checked_as_written(dirs) -> None:
+    """xen_type.linux.cpp:1587-1619: the path the job wrote must be readable on this
+    machine before a transferred file of the same name is used, so a submit-side
+    path that is missing here fails even though 'vmlinuz' was transferred."""
+    workdir, shared = dirs
+    assert (workdir / "vmlinuz").exists() and (workdir / "initrd.img").exists()
+    token = token_of(workdir, VMPARAM_Xen_Kernel='"/nonexistent/vmlinuz"', VMPARAM_Xen_Root='"/dev/xvda1"')
+    assert token == errors.XEN_KERNEL_NOT_FOUND
+    token = token_of(
+        workdir, VMPARAM_Xen_Kernel='"vmlinuz"', VMPARAM_Xen_Initrd='"/nonexistent/initrd.img"',
+        VMPARAM_Xen_Root='"/dev/xvda1"',
+    )
+    assert token == errors.XEN_INITRD_NOT_FOUND
+    # A path that exists here and names a transferred file: the transferred copy is used.
+    job = job_for(workdir, VMPARAM_Xen_Kernel=f'"{shared}/vmlinuz-shared"', VMPARAM_Xen_Root='"/dev/xvda1"')
+    assert job.xen.kernel == str(shared / "vmlinuz-shared")
 
 
 def test_checkpoint_needs_shared_disks(dirs) -> None:

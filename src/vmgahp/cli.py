@@ -13,8 +13,11 @@ import sys
 from . import __version__, log
 from .argv import KILL, STANDALONE, TEST, USAGE, Invocation, UsageError, parse_argv
 
-PROTOCOL_VERSION = "0.0.1"  # the VM GAHP protocol version (what the probe reports)
-BANNER = f"$VMGahpVersion {__version__} Nov 25 2026 vmgahp\\ VMGAHP $"
+# One version on the wire: the VM GAHP protocol vmgahp speaks, in the banner,
+# the VERSION reply and the probe's VM_GAHP_VERSION alike (the startd
+# publishes the latter). vmgahp's own release is the banner's name field.
+PROTOCOL_VERSION = "0.0.1"
+BANNER = f"$VMGahpVersion {PROTOCOL_VERSION} Dec 1 2026 vmgahp-{__version__} $"
 PROBE_DEADLINE = 3.5  # the startd waits 5 s for the probe
 SERVER_CHECK_DEADLINE = 30.0
 KILL_DEADLINE = 30.0
@@ -75,6 +78,8 @@ def _apply_log_settings(invocation: Invocation, settings: object) -> None:
         debug=getattr(settings, "log_debug", False),
         terminal=invocation.terminal_log,
     )
+    for warning in getattr(settings, "warnings", ()):
+        log.get().warning("config_value_ignored", detail=warning)
 
 
 def _probe(invocation: Invocation) -> int:
@@ -156,7 +161,11 @@ def _serve(invocation: Invocation, user: object) -> int:
     daemon.runtime = Runtime(settings, vm_type, user, daemon.report)  # type: ignore[arg-type]
     warm_up(log.get)
     log.get().info("started", vm_type=vm_type, working_dir=working_dir, version=__version__)
-    code = daemon.serve()
+    try:
+        code = daemon.serve()  # destroys this gahp's VMs however it ends
+    except BaseException:  # a bug outside the per-line guard: the VMs are gone already
+        log.get().exception("daemon_crashed", detail="the command loop raised; every VM was destroyed")
+        code = 1
     log.get().info("exit", code=code)
     # Worker threads may still sit in a hung hypervisor call: do not wait.
     os._exit(code)

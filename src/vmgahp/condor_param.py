@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 
-# Every knob vmgahp reads (config.settings_from asks for no other).
+# Every knob vmgahp reads (config.settings_from asks for no other). The gahp
+# never reads VM_MAX_NUMBER: the startd evaluates it.
 KNOBS = (
-    "VM_MEMORY", "VM_MAX_NUMBER", "VM_NETWORKING", "VM_NETWORKING_TYPE",
+    "VM_MEMORY", "VM_NETWORKING", "VM_NETWORKING_TYPE",
     "VM_NETWORKING_DEFAULT_TYPE", "VM_NETWORKING_BRIDGE_INTERFACE", "VM_HARDWARE_VT",
     "VM_SOFT_SUSPEND", "VM_GAHP_LOG", "VM_GAHP_DEBUG", "VM_GAHP_REQ_TIMEOUT",
     "VM_GAHP_CALL_TIMEOUT", "VM_GAHP_SHUTDOWN_TIMEOUT", "VM_GAHP_WORKERS",
@@ -19,16 +20,35 @@ KNOBS = (
     "XEN_ALLOW_HARDWARE_VT_SUSPEND", "VM_KVM_LIBVIRT_URI", "VM_XEN_LIBVIRT_URI",
     "VM_KVM_DOMAIN_TYPE", "VM_SNAPSHOT_DISK",
 )
+# Read with param_integer / param_boolean semantics: an expression is
+# evaluated here, in the start-up child, so the gahp itself never loads the
+# ClassAd library for its configuration.
+INTEGER_KNOBS = frozenset({"VM_MEMORY", "VM_GAHP_REQ_TIMEOUT", "VM_GAHP_CALL_TIMEOUT",
+                           "VM_GAHP_SHUTDOWN_TIMEOUT", "VM_GAHP_WORKERS"})
+BOOLEAN_KNOBS = frozenset({"VM_NETWORKING", "VM_HARDWARE_VT", "VM_SOFT_SUSPEND",
+                           "XEN_ALLOW_HARDWARE_VT_SUSPEND", "VM_SNAPSHOT_DISK"})
 
 
 def read_knobs(names: tuple[str, ...] = KNOBS) -> dict[str, str]:
-    """The knobs that are set, as strings (``param`` types some of them)."""
+    """The knobs that are set, as strings; integer and boolean expressions
+    evaluated to literals (an invalid one is left as written: the settings
+    layer then warns and uses the default)."""
+    from .condor_syntax import condor_boolean, condor_integer
+
     param = _param_getter()
     values = {}
     for name in names:
         value = param(name)
-        if value is not None:
-            values[name] = str(value)
+        if value is None:
+            continue
+        text = str(value)
+        if name in INTEGER_KNOBS:
+            number = condor_integer(text)
+            text = text if number is None else str(number)
+        elif name in BOOLEAN_KNOBS:
+            flag = condor_boolean(text)
+            text = text if flag is None else ("true" if flag else "false")
+        values[name] = text
     return values
 
 

@@ -8,9 +8,10 @@ start-up; the gahp never re-reads its configuration.
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
+
+from .condor_syntax import condor_boolean, condor_integer
 
 DEFAULT_KVM_URI = "qemu:///session"  # what the C++ gahp hard-codes
 DEFAULT_XEN_URI = "xen:///system"
@@ -25,7 +26,6 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     vm_memory: int  # MiB; the largest VM this gahp may start
-    vm_max_number: int = 0
     networking: bool = False
     networking_types: tuple[str, ...] = ()
     networking_default_type: str = ""
@@ -39,31 +39,18 @@ class Settings:
     shutdown_timeout: float = 30.0
     workers: int = 4
     xml_script: str = ""
-    xml_script_args: tuple[str, ...] = ()
+    xml_script_args: str = ""  # HTCondor argument syntax, parsed at START (xml_script.script_argv)
     xen_bootloader: str = ""
     xen_allow_hardware_vt_suspend: bool = False
     kvm_uri: str = DEFAULT_KVM_URI
     xen_uri: str = DEFAULT_XEN_URI
     kvm_domain_type: str = "kvm"
     snapshot_disk_default: bool = False
+    # Knobs whose value HTCondor would reject, each with what was used instead.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def uri_for(self, vm_type: str) -> str:
         return self.xen_uri if vm_type == "xen" else self.kvm_uri
-
-
-def parse_bool(value: str | None, default: bool = False) -> bool:
-    """HTCondor booleans: true/false, yes/no, t/f, 1/0, case-insensitive."""
-    if value is None:
-        return default
-    text = value.strip().strip('"').lower()
-    if text in ("true", "t", "yes", "y", "1"):
-        return True
-    if text in ("false", "f", "no", "n", "0"):
-        return False
-    try:
-        return float(text) != 0
-    except ValueError:
-        return default
 
 
 def _strip_quotes(value: str) -> str:
@@ -82,65 +69,88 @@ def parse_type_list(value: str | None) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _int(get: Callable[[str], str | None], name: str, default: int) -> int:
-    raw = get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        return int(float(raw.strip()))
-    except ValueError as exc:
-        raise ConfigError(f"{name} = {raw!r} is not a number") from exc
+class _Reader:
+    """param_integer / param_boolean over a knob lookup: an invalid value
+    falls back to the default with a warning, as HTCondor logs and does."""
+
+    def __init__(self, get: Callable[[str], str | None]) -> None:
+        self.get = get
+        self.warnings: list[str] = []
+
+    def integer(self, name: str, default: int) -> int:
+        raw = self.get(name)
+        if raw is None or not raw.strip():
+            return default
+        value = condor_integer(raw)
+        if value is None:
+            self.warnings.append(f"{name} = {raw!r} is not an integer expression; using {default}")
+            return default
+        return value
+
+    def boolean(self, name: str, default: bool = False) -> bool:
+        raw = self.get(name)
+        if raw is None or not raw.strip():
+            return default
+        value = condor_boolean(raw)
+        if value is None:
+            self.warnings.append(f"{name} = {raw!r} is not a boolean (true/false); using {default}")
+            return default
+        return value
+
+    def string(self, name: str, default: str = "") -> str:
+        return (self.get(name) or default).strip()
 
 
 def settings_from(get: Callable[[str], str | None]) -> Settings:
-    """Build Settings from any knob lookup (``htcondor2.param.get`` in production)."""
-    memory_text = get("VM_MEMORY")
-    try:
-        vm_memory = int(memory_text.strip()) if memory_text else 0
-    except ValueError:
-        vm_memory = 0
+    """Build Settings from any knob lookup (``htcondor2.param.get`` in production).
+
+    Only what the gahp cannot run without fails here: ``VM_MEMORY`` (the C++
+    exits 1 without it) and ``VM_KVM_DOMAIN_TYPE`` (the host check depends on
+    it). Every other bad value is a warning and its default; a knob that only
+    START reads (``LIBVIRT_XML_SCRIPT_ARGS``) is not parsed here at all.
+    """
+    read = _Reader(get)
+    vm_memory = read.integer("VM_MEMORY", 0)
     if vm_memory <= 0:
-        raise ConfigError(f"VM_MEMORY must be an integer > 0 (got {memory_text!r})")
+        raise ConfigError(f"VM_MEMORY must be an integer expression > 0 (got {get('VM_MEMORY')!r})")
 
     types = parse_type_list(get("VM_NETWORKING_TYPE"))
-    networking = parse_bool(get("VM_NETWORKING")) and bool(types)
-    req_timeout = _int(get, "VM_GAHP_REQ_TIMEOUT", DEFAULT_REQ_TIMEOUT)
+    networking = read.boolean("VM_NETWORKING") and bool(types)
+    req_timeout = read.integer("VM_GAHP_REQ_TIMEOUT", DEFAULT_REQ_TIMEOUT)
     # Our own deadline on hypervisor calls must expire before the starter's
     # request timeout does, so the starter sees a token and not a timeout.
     call_default = max(5, req_timeout - 30)
-    domain_type = (get("VM_KVM_DOMAIN_TYPE") or "kvm").strip().lower()
+    domain_type = read.string("VM_KVM_DOMAIN_TYPE", "kvm").lower()
     if domain_type not in ("kvm", "qemu"):
         raise ConfigError(f"VM_KVM_DOMAIN_TYPE must be kvm or qemu (got {domain_type!r})")
-    debug = (get("VM_GAHP_DEBUG") or "").upper()
-    args = get("LIBVIRT_XML_SCRIPT_ARGS") or ""
-    try:
-        script_args = tuple(shlex.split(args))
-    except ValueError as exc:
-        raise ConfigError(f"LIBVIRT_XML_SCRIPT_ARGS does not parse: {exc}") from exc
+    debug = read.string("VM_GAHP_DEBUG").upper()
+    call_timeout = read.integer("VM_GAHP_CALL_TIMEOUT", call_default)
+    shutdown_timeout = read.integer("VM_GAHP_SHUTDOWN_TIMEOUT", 30)
+    workers = read.integer("VM_GAHP_WORKERS", 4)
 
     return Settings(
         vm_memory=vm_memory,
-        vm_max_number=_int(get, "VM_MAX_NUMBER", 0),
         networking=networking,
         networking_types=types if networking else (),
         networking_default_type=_strip_quotes(get("VM_NETWORKING_DEFAULT_TYPE") or ""),
         bridge_interface=_strip_quotes(get("VM_NETWORKING_BRIDGE_INTERFACE") or ""),
-        hardware_vt=parse_bool(get("VM_HARDWARE_VT")),
-        soft_suspend=parse_bool(get("VM_SOFT_SUSPEND")),
-        log_path=(get("VM_GAHP_LOG") or "").strip(),
+        hardware_vt=read.boolean("VM_HARDWARE_VT"),
+        soft_suspend=read.boolean("VM_SOFT_SUSPEND"),
+        log_path=read.string("VM_GAHP_LOG"),
         log_debug="D_FULLDEBUG" in debug or "D_ALL" in debug,
         req_timeout=req_timeout,
-        call_timeout=float(_int(get, "VM_GAHP_CALL_TIMEOUT", call_default)),
-        shutdown_timeout=float(_int(get, "VM_GAHP_SHUTDOWN_TIMEOUT", 30)),
-        workers=max(1, _int(get, "VM_GAHP_WORKERS", 4)),
-        xml_script=(get("LIBVIRT_XML_SCRIPT") or "").strip(),
-        xml_script_args=script_args,
+        call_timeout=float(max(1, call_timeout)),
+        shutdown_timeout=float(max(0, shutdown_timeout)),
+        workers=max(1, workers),
+        xml_script=read.string("LIBVIRT_XML_SCRIPT"),
+        xml_script_args=get("LIBVIRT_XML_SCRIPT_ARGS") or "",
         xen_bootloader=_strip_quotes(get("XEN_BOOTLOADER") or ""),
-        xen_allow_hardware_vt_suspend=parse_bool(get("XEN_ALLOW_HARDWARE_VT_SUSPEND")),
-        kvm_uri=(get("VM_KVM_LIBVIRT_URI") or DEFAULT_KVM_URI).strip(),
-        xen_uri=(get("VM_XEN_LIBVIRT_URI") or DEFAULT_XEN_URI).strip(),
+        xen_allow_hardware_vt_suspend=read.boolean("XEN_ALLOW_HARDWARE_VT_SUSPEND"),
+        kvm_uri=read.string("VM_KVM_LIBVIRT_URI", DEFAULT_KVM_URI) or DEFAULT_KVM_URI,
+        xen_uri=read.string("VM_XEN_LIBVIRT_URI", DEFAULT_XEN_URI) or DEFAULT_XEN_URI,
         kvm_domain_type=domain_type,
-        snapshot_disk_default=parse_bool(get("VM_SNAPSHOT_DISK")),
+        snapshot_disk_default=read.boolean("VM_SNAPSHOT_DISK"),
+        warnings=tuple(read.warnings),
     )
 
 

@@ -7,8 +7,10 @@ and RESULTS blocks never interleave. Each reply is written with ``os.write``
 straight to the file descriptor: nothing is buffered, nothing else ever goes
 to stdout.
 
-QUIT, EOF on stdin and SIGTERM/SIGQUIT/SIGINT all destroy every VM this gahp
-started and exit 0; only QUIT prints its ``S`` (after the VMs are gone).
+QUIT, EOF on stdin, a broken stdout and SIGTERM/SIGQUIT/SIGINT all destroy
+every VM this gahp started and exit 0; only QUIT prints its ``S`` (after the
+VMs are gone). A line whose handling raises is answered ``E`` and logged with
+its traceback; nothing a peer sends ends the loop.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Daemon:
                     self._write(action.text)
 
     # ------------------------------------------------------------------ input
-    def _handle_line(self, line: str) -> bool:
+    def _handle_line(self, line: str | None) -> bool:
         """Process one line; False when the gahp must end (QUIT)."""
         dispatches: list[Request] = []
         quit_requested = False
@@ -90,8 +92,25 @@ class Daemon:
             return False
         return True
 
+    def _guarded_line(self, line: str | None) -> bool:
+        """``_handle_line``, but a line whose handling raises gets ``E`` (or,
+        once dispatched, a failed result) and the loop goes on: no input may
+        end the gahp while its VMs run."""
+        try:
+            return self._handle_line(line)
+        except Exception:  # a bug: log it, answer, live on
+            log.get().exception("line_failed", line=(line or "")[:200],
+                                detail="handling this line raised; answered E")
+            with self._lock:
+                self._write("E")
+            return True
+
     def serve(self) -> int:
-        """Serve until QUIT, EOF or a termination signal; return the exit code."""
+        """Serve until QUIT, EOF or a termination signal; return the exit code.
+
+        Whatever ends the loop - QUIT, EOF, a signal, stdout gone, or an
+        exception nobody expected - every VM this gahp started is destroyed
+        before ``serve`` returns or raises (the ``finally``)."""
         assert self.runtime is not None
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
@@ -103,27 +122,34 @@ class Daemon:
         selector.register(self.in_fd, selectors.EVENT_READ, "stdin")
         selector.register(wake_read, selectors.EVENT_READ, "signal")
         try:
-            while not self._output_broken:
-                for key, _ in selector.select():
-                    if key.data == "signal":
-                        signum = os.read(wake_read, 64)[:1]
-                        log.get().info("signal", signum=signum[0] if signum else None, detail="exiting")
-                        self.runtime.close()
-                        return 0
-                    chunk = os.read(self.in_fd, READ_SIZE)
-                    if not chunk:
-                        log.get().info("eof", detail="Request buffer closed, exiting")
-                        self.runtime.close()
-                        return 0
-                    for line in self._framer.feed(chunk):
-                        if not self._handle_line(line):
-                            return 0
-            log.get().info("stdout_closed", detail="the starter went away, exiting")
-            self.runtime.close()
-            return 0
+            return self._loop(selector, wake_read)
         finally:
+            self.runtime.close()  # idempotent: QUIT may have closed it already
             signal.set_wakeup_fd(old_wakeup)
             selector.close()
+            os.close(wake_read)
+            os.close(wake_write)
+
+    def _loop(self, selector: selectors.BaseSelector, wake_read: int) -> int:
+        while not self._output_broken:
+            for key, _ in selector.select():
+                if key.data == "signal":
+                    signum = os.read(wake_read, 64)[:1]
+                    log.get().info("signal", signum=signum[0] if signum else None, detail="exiting")
+                    return 0
+                try:
+                    chunk = os.read(self.in_fd, READ_SIZE)
+                except OSError as exc:
+                    log.get().info("stdin_error", detail=f"reading stdin failed ({exc}); exiting")
+                    return 0
+                if not chunk:
+                    log.get().info("eof", detail="Request buffer closed, exiting")
+                    return 0
+                for line in self._framer.feed(chunk):
+                    if not self._guarded_line(line):
+                        return 0
+        log.get().info("stdout_closed", detail="the starter went away, exiting")
+        return 0
 
 
 def _ignore(_signum: int, _frame: object) -> None:

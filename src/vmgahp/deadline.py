@@ -17,12 +17,31 @@ T = TypeVar("T")
 LateHandler = Callable[[Any, BaseException | None], None]
 
 
+MAX_HUNG_CALLS = 32  # abandoned calls still running; beyond this none is started
+
+
 class DeadlineExceeded(Exception):
     """The call did not finish within its deadline."""
 
 
+_hung_lock = threading.Lock()
+_hung = 0  # calls given up on whose thread has not finished yet
+
+
+def hung_calls() -> int:
+    with _hung_lock:
+        return _hung
+
+
 class DeadlineCall(Generic[T]):
-    def __init__(self, fn: Callable[[], T], name: str = "vmgahp-call") -> None:
+    """One call in its own thread. A hung hypervisor leaves threads behind;
+    at most ``MAX_HUNG_CALLS`` may be left at a time - past that a new call
+    fails at once (DeadlineExceeded) instead of adding a thread."""
+
+    def __init__(self, fn: Callable[[], T], name: str = "vmgahp-call", *, essential: bool = False) -> None:
+        # ``essential``: the clean-up that destroys VMs at exit is tried whatever hangs.
+        if not essential and hung_calls() >= MAX_HUNG_CALLS:
+            raise DeadlineExceeded(f"{MAX_HUNG_CALLS} earlier calls are still hung; not starting another")
         # Log bindings (request and VM ids) follow the call into its thread.
         self._context = contextvars.copy_context()
         self._fn = fn
@@ -40,19 +59,27 @@ class DeadlineCall(Generic[T]):
             self._result = self._context.run(self._fn)
         except BaseException as exc:  # handed to the waiting caller
             self._error = exc
+        global _hung
         with self._lock:
             self._done.set()
-            late = self._on_late if self._abandoned else None
+            abandoned = self._abandoned
+            late = self._on_late if abandoned else None
+        if abandoned:
+            with _hung_lock:
+                _hung -= 1
         if late is not None:
             late(self._result, self._error)
 
     def wait(self, timeout: float, on_late: LateHandler | None = None) -> T:
         """The call's result; raises its exception, or DeadlineExceeded."""
+        global _hung
         self._done.wait(timeout)
         with self._lock:
             if not self._done.is_set():
                 self._abandoned = True
                 self._on_late = on_late
+                with _hung_lock:
+                    _hung += 1
                 raise DeadlineExceeded(f"no answer within {timeout:g} s")
         if self._error is not None:
             raise self._error

@@ -220,6 +220,16 @@ def _resolve_file(path: str, working_dir: str) -> str:
     return path
 
 
+def _boot_file(path: str, working_dir: str, user: JobUser | None, token: str, what: str) -> str:
+    """A Xen kernel or initrd: the path *as written* must be readable (a relative
+    one from the working dir, the gahp's cwd) before a transferred copy of the
+    same name is used (xen_type.linux.cpp:1587-1619, spec 4.3)."""
+    as_written = path if os.path.isabs(path) else os.path.join(working_dir, path)
+    if not can_access(as_written, user):
+        raise GahpError(token, f"cannot read the {what} {path!r} (checked as written, as the job user)")
+    return _resolve_file(path, working_dir)
+
+
 def _xen_boot(
     ad: JobAd, settings: Settings, working_dir: str, hardware_vt: bool, user: JobUser | None
 ) -> XenBoot:
@@ -238,13 +248,9 @@ def _xen_boot(
         if not hardware_vt:
             raise GahpError(errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT, "xen_kernel = vmx needs JobVMHardwareVT")
         return XenBoot(kernel="vmx", kernel_params=params)
-    kernel_path = _resolve_file(kernel, working_dir)
-    if not can_access(kernel_path, user):
-        raise GahpError(errors.XEN_KERNEL_NOT_FOUND, f"cannot read kernel {kernel_path}")
+    kernel_path = _boot_file(kernel, working_dir, user, errors.XEN_KERNEL_NOT_FOUND, "kernel")
     if initrd:
-        initrd = _resolve_file(initrd, working_dir)
-        if not can_access(initrd, user):
-            raise GahpError(errors.XEN_INITRD_NOT_FOUND, f"cannot read initrd {initrd}")
+        initrd = _boot_file(initrd, working_dir, user, errors.XEN_INITRD_NOT_FOUND, "initrd")
     if not root:
         raise GahpError(errors.XEN_NO_ROOT_DEVICE_PARAM, "VMPARAM_Xen_Root is required with a kernel path")
     return XenBoot(kernel=kernel_path, initrd=initrd, root=root, kernel_params=params)

@@ -49,6 +49,24 @@ def _qemu_img(*args: str) -> str:
     return done.stdout
 
 
+def image_problem(path: str, fmt: str) -> str | None:
+    """Why QEMU cannot open ``path`` as ``fmt`` (its whole backing chain), or
+    None when it can; "" when qemu-img itself could not tell (not installed,
+    permission denied to us). Run only after a start failed, to tell a job's
+    bad image from a host-side failure."""
+    args = ["info", "--force-share", "--backing-chain", "--output=json"]
+    if fmt:
+        args += ["-f", fmt]
+    try:
+        done = subprocess.run([QEMU_IMG, *args, path], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if done.returncode == 0:
+        return None
+    message = done.stderr.strip()
+    return "" if "Permission denied" in message else message
+
+
 def image_format(path: str) -> str:
     """The format qemu-img detects (used when vm_disk gives none)."""
     info = json.loads(_qemu_img("info", "--output=json", "--force-share", path))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -36,6 +37,7 @@ HypervisorFactory = Callable[[str, Settings], Hypervisor]
 
 READ_ONLY = frozenset({"CONDOR_VM_STATUS", "CONDOR_VM_GETPID"})
 CLEANUP_DEADLINE = 15.0
+MAX_BACKLOG = 64  # unfinished requests; the starter never has more than a few
 
 
 def _default_factory(vm_type: str, settings: Settings) -> Hypervisor:
@@ -66,6 +68,8 @@ class Runtime:
         self._queues: dict[int, deque[Request]] = {}
         self._names: set[str] = set()
         self._next_vm_id = 1
+        self._backlog = 0
+        self._accepted: dict[int, float] = {}
         self._starting = 0
         self._closing = False
         self._prepared = False
@@ -73,6 +77,22 @@ class Runtime:
 
     # ------------------------------------------------------------ dispatching
     def submit(self, request: Request) -> None:
+        """Queue ``request``; its deadline runs from now, not from when a
+        worker is free. Past ``MAX_BACKLOG`` unfinished requests (a hung
+        hypervisor and a client that keeps asking) a request is answered at
+        once with a failure instead of waiting: answered, never dropped."""
+        accepted = time.monotonic()
+        with self._lock:
+            overloaded = self._backlog >= MAX_BACKLOG or self._closing
+            if not overloaded:
+                self._backlog += 1
+                self._accepted[request.request_id] = accepted
+        if overloaded:
+            with log.bound(req_id=request.request_id, command=request.command):
+                log.get().error("request_refused", token=errors.INTERNAL,
+                                detail=f"{MAX_BACKLOG} requests are still unfinished (or the gahp is ending)")
+            self._report(request.request_id, False, errors.INTERNAL)
+            return
         if request.command == "CONDOR_VM_START" or request.command in READ_ONLY:
             self._pool.submit(self._execute, request)
             return
@@ -96,18 +116,35 @@ class Runtime:
             self._execute(request)
 
     def _execute(self, request: Request) -> None:
+        """Run one request and report its result - always exactly once."""
         ids: dict[str, Any] = {"req_id": request.request_id}
         if request.command != "CONDOR_VM_START":
             ids["vm_id"] = request.vm_id
-        with log.bound(**ids, command=request.command):
-            ok, text = self._run(request)
-            if ok:
-                log.get().info("request_done", result=text or "NULL")
+        ok, text = False, errors.INTERNAL
+        try:
+            with log.bound(**ids, command=request.command):
+                ok, text = self._run(request)
+                if ok:
+                    log.get().info("request_done", result=text or "NULL")
+        except BaseException:  # noqa: BLE001 - a bug must not lose the answer
+            with contextlib.suppress(Exception):
+                log.get().exception("request_crashed", req_id=request.request_id, token=errors.INTERNAL)
+            ok, text = False, errors.INTERNAL
+        finally:
+            with self._lock:
+                self._backlog -= 1
+                self._accepted.pop(request.request_id, None)
             self._report(request.request_id, ok, text)
 
     def _run(self, request: Request) -> tuple[bool, str]:
-        timeout = self.settings.call_timeout
         logger = log.get()
+        with self._lock:
+            accepted = self._accepted.get(request.request_id, time.monotonic())
+        timeout = accepted + self.settings.call_timeout - time.monotonic()
+        if timeout <= 0:
+            logger.error("request_timed_out", token=errors.INTERNAL,
+                         detail=f"waited {self.settings.call_timeout:g} s for a worker (the hypervisor is slow or hung)")
+            return False, errors.INTERNAL
         is_start = request.command == "CONDOR_VM_START"
         try:
             call = DeadlineCall(lambda: self._operate(request), name=f"vmgahp-req-{request.request_id}")
@@ -274,8 +311,10 @@ class Runtime:
 
     # ----------------------------------------------------------------- ending
     def close(self) -> None:
-        """Destroy every VM this gahp started; bounded in time."""
+        """Destroy every VM this gahp started; bounded in time. Idempotent."""
         with self._lock:
+            if self._closing:
+                return
             self._closing = True
             # A START inside hypervisor.create may be about to produce a VM.
             self._idle.wait_for(lambda: self._starting == 0, timeout=CLEANUP_DEADLINE)
@@ -288,7 +327,8 @@ class Runtime:
                 vm.release()
         if hypervisor is not None and names:
             calls = [
-                (name, DeadlineCall(lambda n=name: hypervisor.destroy_by_name(n), name="vmgahp-cleanup"))
+                (name, DeadlineCall(lambda n=name: hypervisor.destroy_by_name(n), name="vmgahp-cleanup",
+                                    essential=True))
                 for name in names
             ]
             for name, call in calls:

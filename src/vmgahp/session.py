@@ -72,9 +72,14 @@ class GahpSession:
         self.quitting = False
 
     # ------------------------------------------------------------------ input
-    def receive_line(self, line: str) -> list[Action]:
+    def receive_line(self, line: str | None) -> list[Action]:
+        """``None`` is a line too long to keep (see ``wire.LineFramer``)."""
         if self.quitting:
             return []
+        if line is None:
+            # Inside an ad it would be one attribute the gahp cannot hold:
+            # dropped like any line that does not parse. Outside, an E.
+            return [] if self._in_ad else [_E]
         if self._in_ad:
             return self._ad_line(line)
         words = wire.split_words(line)
@@ -96,10 +101,8 @@ class GahpSession:
         return []
 
     def _vm_command(self, spec: commands.CommandSpec, words: list[str]) -> list[Action]:
-        if not wire.is_request_id(words[1]):
-            return [_E]
-        request_id = int(words[1])
-        if request_id in self._pending:
+        request_id = wire.parse_request_id(words[1])
+        if request_id is None or request_id in self._pending:
             return [_E]
         argument = words[2]
         if spec.argument == "vmtype":
@@ -109,9 +112,10 @@ class GahpSession:
             ad = tuple(self._ad_lines) if self._ad_lines is not None else None
             request = Request(request_id, spec.name, vm_type=vm_type, ad_lines=ad)
         else:
-            if not wire.is_vm_id(argument):
+            vm_id = wire.parse_vm_id(argument)
+            if vm_id is None:
                 return [_E]
-            request = Request(request_id, spec.name, vm_id=int(argument or 0))
+            request = Request(request_id, spec.name, vm_id=vm_id)
         self._pending.add(request_id)
         return [_S, Dispatch(request)]
 

@@ -14,46 +14,85 @@ against them:
 
 from __future__ import annotations
 
+import re
+
 _SEPARATORS = frozenset(" \t\r\n")
 _MUST_ESCAPE = frozenset(" \\\r\n")
+_SPLIT = re.compile("[ \t\r\n]")
+INT_MAX = 0x7FFFFFFF  # request and VM ids are C ints on both sides
+MAX_LINE_BYTES = 1 << 20  # longer lines are discarded as they stream in (the C++ has no limit)
 
 
 class LineFramer:
-    """Turns a byte stream into protocol lines (escape-aware, CR-tolerant)."""
+    """Turns a byte stream into protocol lines (escape-aware, CR-tolerant).
 
-    __slots__ = ("_buf", "_escaped")
+    A line longer than ``max_line`` bytes is not kept: its bytes are dropped
+    as they arrive and, once its newline comes, ``None`` stands for it in the
+    list ``feed`` returns, so memory stays bounded whatever the peer sends.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_buf", "_escaped", "_overlong", "max_line")
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         self._buf = bytearray()
         self._escaped = False
+        self._overlong = False
+        self.max_line = max_line
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes) -> list[str | None]:
         """Add bytes; return every line they complete, without terminators."""
-        lines: list[str] = []
+        lines: list[str | None] = []
         buf = self._buf
         escaped = self._escaped
-        for byte in data:
-            if byte == 0x0A and not escaped:  # \n
-                lines.append(buf.decode("utf-8", "surrogateescape"))
+        if not escaped and 0x5C not in data:
+            # No backslash: every LF ends a line and every CR goes.
+            *complete, rest = data.replace(b"\r", b"").split(b"\n")
+            for piece in complete:
+                self._append(buf, piece)
+                lines.append(None if self._overlong else buf.decode("utf-8", "surrogateescape"))
                 buf.clear()
-            elif byte == 0x0D and not escaped:  # \r
-                pass
+                self._overlong = False
+            self._append(buf, rest)
+            return lines
+        start = 0
+        for index, byte in enumerate(data):
+            if byte == 0x0A and not escaped:  # \n
+                self._append(buf, data[start:index])
+                lines.append(None if self._overlong else buf.decode("utf-8", "surrogateescape"))
+                buf.clear()
+                self._overlong = False
+                start = index + 1
+            elif byte == 0x0D and not escaped:  # \r: dropped
+                self._append(buf, data[start:index])
+                start = index + 1
             else:
-                buf.append(byte)
                 # A backslash toggles the flag; any other byte clears it.
                 escaped = (not escaped) if byte == 0x5C else False
+        self._append(buf, data[start:])
         self._escaped = escaped
         return lines
+
+    def _append(self, buf: bytearray, piece: bytes) -> None:
+        if self._overlong or not piece:
+            return
+        if len(buf) + len(piece) > self.max_line:
+            self._overlong = True
+            buf.clear()
+            return
+        buf += piece
 
     @property
     def pending(self) -> bool:
         """True when a partial line is buffered (it is dropped at EOF)."""
-        return bool(self._buf)
+        return bool(self._buf) or self._overlong
 
 
 def split_words(line: str) -> list[str]:
     """Split a command line into words exactly as the C++ gahp does."""
-    words = [""]
+    if "\\" not in line:
+        return _SPLIT.split(line)
+    words: list[str] = []
+    word: list[str] = []
     i = 0
     n = len(line)
     while i < n:
@@ -63,12 +102,14 @@ def split_words(line: str) -> list[str]:
             # The C++ appends the escaped character only if it is not the
             # last one of the line (vmgahp_common.cpp, parse_vmgahp_command).
             if i < n - 1:
-                words[-1] += line[i]
+                word.append(line[i])
         elif ch in _SEPARATORS:
-            words.append("")
+            words.append("".join(word))
+            word = []
         else:
-            words[-1] += ch
+            word.append(ch)
         i += 1
+    words.append("".join(word))
     return words
 
 
@@ -84,11 +125,37 @@ def result_line(request_id: int, ok: bool, text: str) -> str:
     return f"{request_id} {0 if ok else 1} {text or 'NULL'}"
 
 
-def is_request_id(word: str) -> bool:
+def _digits_value(word: str) -> int | None:
+    """The value of an ASCII digit string, never converting more than a C
+    int's worth of digits (``int()`` of 5,000 digits raises)."""
+    if not word or not (word.isascii() and word.isdigit()):
+        return None
+    significant = word.lstrip("0")
+    if len(significant) > 10:
+        return INT_MAX + 1  # beyond a C int, whatever its exact value
+    return int(significant or "0")
+
+
+def parse_request_id(word: str) -> int | None:
     """ASCII digits only, value > 0 and within a C int (the starter's type)."""
-    return word.isascii() and word.isdigit() and 0 < int(word) <= 0x7FFFFFFF
+    value = _digits_value(word)
+    return value if value is not None and 0 < value <= INT_MAX else None
+
+
+def parse_vm_id(word: str) -> int | None:
+    """ASCII digits only; the empty word passes and names no VM (spec 2.5),
+    as does a value beyond a C int (0: no VM has it)."""
+    if word == "":
+        return 0
+    value = _digits_value(word)
+    if value is None:
+        return None
+    return value if value <= INT_MAX else 0
+
+
+def is_request_id(word: str) -> bool:
+    return parse_request_id(word) is not None
 
 
 def is_vm_id(word: str) -> bool:
-    """ASCII digits only; the empty word passes and names no VM (spec 2.5)."""
-    return word == "" or (word.isascii() and word.isdigit())
+    return parse_vm_id(word) is not None

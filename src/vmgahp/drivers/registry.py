@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections import namedtuple
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -18,13 +18,13 @@ if TYPE_CHECKING:
 
 # ``requires``: the top-level module the backend needs. (A namedtuple, not a
 # dataclass: this module is imported on the way to the banner.)
-DriverEntry = namedtuple("DriverEntry", "vm_type module cls requires")
+DriverEntry = namedtuple("DriverEntry", "vm_type module cls requires host")
 
 
 # Order is the SUPPORT_VMS order (the C++ answers "S xen kvm").
 DRIVERS: tuple[DriverEntry, ...] = (
-    DriverEntry("xen", "vmgahp.drivers.libvirt.driver", "LibvirtHypervisor", "libvirt"),
-    DriverEntry("kvm", "vmgahp.drivers.libvirt.driver", "LibvirtHypervisor", "libvirt"),
+    DriverEntry("xen", "vmgahp.drivers.libvirt.driver", "LibvirtHypervisor", "libvirt", "vmgahp.drivers.libvirt.host"),
+    DriverEntry("kvm", "vmgahp.drivers.libvirt.driver", "LibvirtHypervisor", "libvirt", "vmgahp.drivers.libvirt.host"),
 )
 
 
@@ -44,3 +44,12 @@ def load_hypervisor(vm_type: str, settings: Settings) -> Hypervisor:
             module = importlib.import_module(entry.module)
             return getattr(module, entry.cls)(settings, vm_type)
     raise KeyError(f"no driver for VM type {vm_type!r}")
+
+
+def local_defaults(vm_type: str, is_set: Callable[[str], bool]) -> list[tuple[str, str, str]]:
+    """The backend's ``(knob, value, why)`` defaults for a machine with no
+    HTCondor configuration (``vmgahp run`` on a workstation)."""
+    for entry in DRIVERS:
+        if entry.vm_type == vm_type:
+            return importlib.import_module(entry.host).local_defaults(vm_type, is_set)
+    return []

@@ -26,9 +26,10 @@ import re
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import defaults as defaults_mod
 from . import scratch as scratch_mod
 from .progress import Progress, hms, size
 from .starter import (
@@ -120,6 +121,7 @@ class Plan:
     resume_dir: Path | None
     resume_files: list[Path]
     max_wall: float | None = None
+    defaults: list[defaults_mod.Default] = field(default_factory=list)
 
 
 def run_main(args: list[str]) -> int:
@@ -174,7 +176,11 @@ def _plan(options: argparse.Namespace) -> Plan:
         if not os.access(base, os.W_OK):
             base = Path.cwd()
         output, given = base / f"{name}.out", False
-    return Plan(submit_path, job, user, output, given, resume_dir, resume_files, options.max_wall)
+    try:
+        chosen = defaults_mod.choose(job.vm_type, defaults_mod.configured)
+    except OSError as exc:
+        raise _UsageError(f"cannot work out defaults for this host: {exc}") from exc
+    return Plan(submit_path, job, user, output, given, resume_dir, resume_files, options.max_wall, chosen)
 
 
 def _starter_settings(options: argparse.Namespace) -> StarterSettings:
@@ -191,9 +197,13 @@ def _starter_settings(options: argparse.Namespace) -> StarterSettings:
     return settings
 
 
-def gahp_env(job: Job, scratch: Path, user: scratch_mod.JobUser) -> dict[str, str]:
-    """The gahp's environment as the starter builds it (spec 1.3)."""
+def gahp_env(job: Job, scratch: Path, user: scratch_mod.JobUser,
+             defaults: tuple[defaults_mod.Default, ...] | list[defaults_mod.Default] = ()) -> dict[str, str]:
+    """The gahp's environment as the starter builds it (spec 1.3), plus the
+    host defaults for knobs the configuration does not set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMGAHP_")}
+    for default in defaults:
+        env[f"_CONDOR_{default.knob}"] = default.value
     package_root = str(Path(__file__).resolve().parents[2])  # so `python -m vmgahp` finds this vmgahp
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env.update(
@@ -247,7 +257,7 @@ def _run(plan: Plan, options: argparse.Namespace) -> int:
             checkpoint=job.checkpoint,
             ad_lines=job.ad_lines(),
             scratch=scratch,
-            env=gahp_env(job, scratch, plan.user),
+            env=gahp_env(job, scratch, plan.user, plan.defaults),
             log_path=scratch / scratch_mod.GAHP_LOG,
             stderr_path=scratch / scratch_mod.GAHP_STDERR,
             settings=_starter_settings(options),
@@ -292,6 +302,9 @@ def _header(plan: Plan) -> None:
     print(f"  job user     {plan.user.login} (uid {plan.user.uid}, gid {plan.user.gid}: {plan.user.why})")
     print(f"  VM name      {job.vm_name}")
     print(f"  output       {plan.output}")
+    for default in plan.defaults:
+        print(f"  default      {default.knob} = {default.value} ({default.why}; "
+              f"set {default.knob} in the configuration to override)")
     if plan.resume_dir is not None:
         names = ", ".join(p.name for p in plan.resume_files)
         print(f"  resuming     from {plan.resume_dir} (TransferIntermediate: {names})")

@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..condor_syntax import condor_boolean
+
 VM_UNIVERSE = 13  # CONDOR_UNIVERSE_VM (src/condor_includes/condor_universe.h)
 VM_TYPES = ("kvm", "xen")
 XEN_KERNEL_KEYWORDS = ("included", "vmx")  # XEN_KERNEL_INCLUDED, XEN_KERNEL_HW_VT
@@ -397,24 +399,8 @@ def quote(text: str, description: SubmitDescription | None = None, key: str | No
 
 
 def parse_bool(value: str) -> bool | None:
-    """``string_is_boolean_param``: true/false/1/0, else a ClassAd expression."""
-    lowered = value.strip().lower()
-    for literal, result in (("true", True), ("1", True), ("false", False), ("0", False)):
-        if lowered.startswith(literal) and not lowered[len(literal) :].strip():
-            return result
-    try:
-        import classad2
-
-        evaluated = classad2.ExprTree(value).eval()
-    except Exception:  # noqa: BLE001 - a parse error is just "not a boolean"
-        return None
-    if isinstance(evaluated, classad2.Value):  # UNDEFINED or ERROR (an IntEnum)
-        return None
-    if isinstance(evaluated, bool):
-        return evaluated
-    if isinstance(evaluated, (int, float)):
-        return evaluated != 0
-    return None
+    """``string_is_boolean_param`` on the trimmed value (submit trims values)."""
+    return condor_boolean(value.strip())
 
 
 _MEMORY = re.compile(r"\s*([-+]?\d+)(?:\.(\d*))?\s*(?:([KkMmGgTt])[Bb]?)?\s*\Z")

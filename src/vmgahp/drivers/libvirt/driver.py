@@ -46,13 +46,37 @@ _BAD_IMAGE_TEXT = "image is not in qcow2 format"
 __all__ = ["LibvirtDomain", "LibvirtHypervisor", "classify_start_error"]
 
 
-def classify_start_error(message: str, job: VmJob) -> str:
-    """The token for a failed start: BAD_IMAGE when the job's own image is
-    at fault (the starter holds the job), else INTERNAL (the job is requeued)."""
-    if _BAD_IMAGE_TEXT in message.lower():  # qemu writes "Image is not ..."
+# libvirt rejected the domain description itself (schema, syntax).
+_DESCRIPTION_CODES = frozenset({libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL, libvirt.VIR_ERR_XML_INVALID_SCHEMA})
+# QEMU or the storage code failed: the job's image, or the host - look at the image.
+_AMBIGUOUS = frozenset({(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_QEMU),
+                        (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_STORAGE),
+                        (libvirt.VIR_ERR_STORAGE_PROBE_FAILED, libvirt.VIR_FROM_STORAGE)})
+
+
+def classify_start_error(code: int | None, source: int | None, message: str, job: VmJob, origin: str) -> str:
+    """The token for a failed start, by libvirt's error code (docs/admin.md, "Start failures").
+
+    BAD_IMAGE (the starter holds the job) only when the job caused it: QEMU
+    cannot open one of the job's images as its format says (checked with
+    qemu-img after the failure), or libvirt rejects the built-in description
+    that the job's values went into. Everything else - permission denied to
+    QEMU, an image locked by another process, out of memory, libvirtd or QEMU
+    internal errors, an admin's LIBVIRT_XML_SCRIPT output - is the host's:
+    INTERNAL, which requeues the job.
+    """
+    from ...overlays import image_problem
+
+    if _BAD_IMAGE_TEXT in message.lower():  # the C++ rule, kept
         return errors.BAD_IMAGE
-    if any(disk.path and disk.path in message for disk in job.disks):
-        return errors.BAD_IMAGE
+    if code in _DESCRIPTION_CODES:
+        return errors.BAD_IMAGE if origin == "builtin" else errors.INTERNAL
+    if (code, source) in _AMBIGUOUS:
+        for disk in job.disks:
+            problem = image_problem(disk.path, disk.format)
+            if problem:
+                log.get().info("start_failure_image", path=disk.path, detail=problem)
+                return errors.BAD_IMAGE
     return errors.INTERNAL
 
 
@@ -188,7 +212,7 @@ class LibvirtHypervisor(Hypervisor):
             self._create_xml(xml, validate)
         except libvirt.libvirtError as exc:
             message = error_message(exc)
-            token = classify_start_error(message, job)
+            token = classify_start_error(exc.get_error_code(), exc.get_error_domain(), message, job, origin)
             log.get().error(
                 "domain_start_failed", name=job.name, token=token, code=exc.get_error_code(), detail=message
             )

@@ -1,6 +1,7 @@
 """LIBVIRT_XML_SCRIPT: let an admin's program write the domain XML (spec 4.9).
 
 The program gets ``[LIBVIRT_XML_SCRIPT] + LIBVIRT_XML_SCRIPT_ARGS`` as argv
+(the arguments in HTCondor's V1-raw-or-V2-quoted syntax, :func:`script_argv`)
 and, on stdin, the job ad as sorted ``Name = value`` lines followed by the
 attributes the C++ gahp appends (Xen bootloader and initrd, bridge interface,
 networking type) and one blank line. Exit status 0 and a well-formed
@@ -61,10 +62,27 @@ def script_input(job: VmJob, settings: Settings) -> str:
     return text + "\n"
 
 
+def script_argv(settings: Settings) -> list[str]:
+    """``[LIBVIRT_XML_SCRIPT] + LIBVIRT_XML_SCRIPT_ARGS`` in HTCondor's argument
+    syntax (V1 raw, or V2 when double-quoted). Read here, at START, so a bad
+    value never stops the gahp: it is logged, and the words before the error
+    are kept, as ``AppendArgsV1RawOrV2Quoted`` leaves them."""
+    from ...condor_syntax import ArgsError, split_args_v1_raw_or_v2_quoted
+
+    argv = [settings.xml_script]
+    if settings.xml_script_args:
+        try:
+            argv += split_args_v1_raw_or_v2_quoted(settings.xml_script_args)
+        except ArgsError as exc:
+            log.get().warning("xml_script_args_invalid", value=settings.xml_script_args[:200], detail=str(exc))
+            argv += exc.partial
+    return argv
+
+
 def run_xml_script(job: VmJob, settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> ScriptOutcome:
     """Run the configured script; the XML it printed, or why not."""
     script = settings.xml_script
-    argv = [script, *settings.xml_script_args]
+    argv = script_argv(settings)
     if not os.path.isfile(script):
         return _failed(script, f"{script} does not exist or is not a file")
     cwd = job.working_dir if job.working_dir and os.path.isdir(job.working_dir) else None
