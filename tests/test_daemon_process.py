@@ -224,3 +224,37 @@ def test_one_version_on_the_wire(tmp_path: Path) -> None:
                            env=gahp_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert f'VM_GAHP_VERSION = "{version}"' in probe.stdout.splitlines()
+
+
+@pytest.mark.libvirtd
+def test_a_saturated_worker_pool_answers_every_request_by_its_deadline(
+    work: Path, tmp_path: Path, gahps: list, libvirt_socket: str
+) -> None:
+    """One worker, a hung libvirtd and many STATUS requests: each is answered with a
+    token by its own deadline, counted from when it was accepted (not one deadline
+    after another), and past MAX_BACKLOG unfinished requests at once - none is dropped."""
+    from vmgahp.runtime import MAX_BACKLOG
+
+    proxy = FreezableProxy(tmp_path / "proxy.sock", libvirt_socket)
+    try:
+        gahp = GahpProcess(work, VM_KVM_LIBVIRT_URI=proxy.uri, VM_KVM_DOMAIN_TYPE="qemu",
+                           VM_GAHP_CALL_TIMEOUT="3", VM_GAHP_WORKERS="1")
+        gahps.append(gahp)
+        gahp.handshake()
+        gahp.send_ad(job_ad(work, JobVMMemory="64"))
+        assert gahp.call("CONDOR_VM_START", "kvm") == (True, "1")
+        proxy.freeze()
+        began = time.monotonic()
+        ids = [gahp.submit("CONDOR_VM_STATUS", "1") for _ in range(MAX_BACKLOG + 6)]
+        results = {request_id: gahp.result(request_id, timeout=30) for request_id in ids}
+        elapsed = time.monotonic() - began
+        assert set(results.values()) == {(False, "VMGAHP_ERR_INTERNAL")}
+        assert elapsed < 3 + 6, elapsed  # sequential deadlines would take (MAX_BACKLOG + 6) * 3 s
+        assert "request_refused" in (work / "vmgahp.log").read_text()  # the overflow, answered at once
+        proxy.thaw()
+        ok, text = gahp.call("CONDOR_VM_STATUS", "1")
+        assert ok and text.startswith("STATUS=Running"), text
+        assert gahp.reply("QUIT") == "S"
+        assert gahp.wait() == 0
+    finally:
+        proxy.close()

@@ -311,3 +311,51 @@ def test_passt_shape_valid_against_rng_schema(tmp_path: Path) -> None:
     path.write_text(build_domain_xml(kvm_job(networking_type="user", mac=MAC), passt=True))
     result = subprocess.run([validator, str(path), "domain"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------- hostile job ads
+HOSTILE = "q\"uo'te <lt> &amp; \u00e9\u00df\u4e2d \\n"
+
+
+@pytest.mark.parametrize("vm_type", ["kvm", "xen"])
+def test_hostile_job_ad_strings_reach_the_xml_intact(tmp_path: Path, test_conn: libvirt.virConnect,
+                                                      vm_type: str) -> None:
+    """Quotes, <, &, ', a backslash-n and non-ASCII in every string attribute that
+    reaches the domain XML, from the job ad through build_job: the document is
+    schema-valid on libvirt's test driver and each value means what the job said."""
+    from vmgahp.config import Settings
+    from vmgahp.job import build_job
+    from vmgahp.jobad import JobAd
+    from vmgahp.networking import NetworkPlan
+
+    def ad_string(text: str) -> str:  # old ClassAd syntax, as the starter prints it
+        return '"' + text.replace('"', '\\"') + '"'
+
+    disk = tmp_path / f"disk {HOSTILE}.img"
+    disk.write_bytes(b"\0" * 512)
+    kernel = tmp_path / f"vmlinuz {HOSTILE}"
+    kernel.write_bytes(b"\0" * 512)
+    device = "xvda" if vm_type == "xen" else "vda"
+    lines = [
+        f"VM_WORKING_DIR = {ad_string(str(tmp_path))}",
+        f"User = {ad_string('alice ' + HOSTILE + '@example.org')}",
+        "ClusterId = 7", "ProcId = 0", f'JobVMType = "{vm_type}"', "JobVMMemory = 64",
+        f"VMPARAM_vm_Disk = {ad_string(f'{disk}:{device}:w:raw')}",
+        "JobVMNetworking = true", 'JobVMNetworkingType = "nat"', 'JobVM_MACADDR = "52:54:00:aa:bb:cc"',
+    ]
+    if vm_type == "xen":
+        lines += [f"VMPARAM_Xen_Kernel = {ad_string(str(kernel))}",
+                  f"VMPARAM_Xen_Root = {ad_string('/dev/xvda1 ' + HOSTILE)}",
+                  f"VMPARAM_Xen_Kernel_Params = {ad_string('console=hvc0 ' + HOSTILE)}"]
+    ad = JobAd(lines)
+    assert not ad.dropped
+    job = build_job(ad, vm_type, Settings(vm_memory=1024), NetworkPlan(("nat",), "nat"), None)
+    xml = build_domain_xml(job, domain_type="qemu")
+    root = parse(xml)
+    assert root.findtext("name") == f"alice {HOSTILE}_example.org_7.0"
+    assert root.find("devices/disk/source").get("file") == str(disk)
+    assert root.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"
+    if vm_type == "xen":
+        assert root.findtext("os/kernel") == str(kernel)
+        assert root.findtext("os/cmdline") == f"root=/dev/xvda1 {HOSTILE} console=hvc0 {HOSTILE}"
+    assert_valid(test_conn, xml)

@@ -701,3 +701,84 @@ class TestJobUserFromEnv:
     def test_bad_gid_defaults_to_uid(self, gid):
         """A GID that is empty, zero, negative or non-numeric is replaced by the UID."""
         assert job_user_from_env({"VMGAHP_USER_UID": "1234", "VMGAHP_USER_GID": gid}) == JobUser(1234, 1234)
+
+
+# =========================================================================== hostile paths
+@pytest.mark.skipif(os.geteuid() != 0, reason="files of another user need root")
+class TestHostilePaths:
+    """Paths the job user could not open itself - reached through a symlink in the
+    working dir or through ``..`` - are refused with the right token (issue 7)."""
+
+    USER = JobUser(1000, 1000)
+
+    @pytest.fixture
+    def tmp_path(self) -> Path:
+        """Everything under a directory the job user can reach (pytest's own is 0700)."""
+        top = Path(tempfile.mkdtemp(prefix="vmgahp-hostile-", dir="/tmp"))
+        os.chmod(top, 0o755)
+        yield top
+        shutil.rmtree(top)
+
+    @pytest.fixture
+    def workdir(self, tmp_path: Path) -> Path:
+        wd = tmp_path / "scratch"
+        wd.mkdir(mode=0o755)
+        for name in ("a.img", "vmlinuz", "initrd.img"):
+            (wd / name).write_bytes(b"\0" * 16)
+            os.chmod(wd / name, 0o666)
+        return wd
+
+    @pytest.fixture
+    def private(self, tmp_path: Path) -> Path:
+        """A root-only directory (0700) holding world-readable/writable files."""
+        directory = tmp_path / "private"
+        directory.mkdir(mode=0o700)
+        for name in ("secret.img", "vmlinuz-secret", "notes.txt"):
+            (directory / name).write_bytes(b"\0" * 16)
+            os.chmod(directory / name, 0o666)
+        return directory
+
+    @pytest.fixture
+    def public(self, tmp_path: Path) -> Path:
+        directory = tmp_path / "public"
+        directory.mkdir(mode=0o755)
+        (directory / "ok.img").write_bytes(b"\0" * 16)
+        os.chmod(directory / "ok.img", 0o666)
+        return directory
+
+    def test_disk_symlink_into_a_private_dir(self, workdir, private):
+        os.symlink(private / "secret.img", workdir / "linked.img")
+        token = token_of(workdir, user=self.USER, VMPARAM_vm_Disk='"linked.img:vda:w"')
+        assert token == errors.KVM_INVALID_DISK_PARAM
+
+    def test_disk_path_with_dotdot_into_a_private_dir(self, workdir, private):
+        sneaky = f"{workdir}/../{private.name}/secret.img"
+        token = token_of(workdir, user=self.USER, VMPARAM_vm_Disk=f'"{sneaky}:vda:r"')
+        assert token == errors.KVM_INVALID_DISK_PARAM
+
+    def test_dotdot_through_a_symlinked_directory(self, workdir, private, tmp_path):
+        """``link/..`` is not the lexical parent: realpath resolves it the way the kernel will."""
+        (tmp_path / "public-dir").mkdir()
+        os.symlink(private, workdir / "door")
+        token = token_of(workdir, user=self.USER, VMPARAM_vm_Disk=f'"{workdir}/door/secret.img:vda:r"')
+        assert token == errors.KVM_INVALID_DISK_PARAM
+
+    def test_symlink_to_a_readable_file_is_fine(self, workdir, public):
+        os.symlink(public / "ok.img", workdir / "linked.img")
+        job = build(workdir, user=self.USER, VMPARAM_vm_Disk='"linked.img:vda:w"')
+        assert job.disks[0].path == str(workdir / "linked.img")
+
+    def test_xen_kernel_symlink_into_a_private_dir(self, workdir, private):
+        os.symlink(private / "vmlinuz-secret", workdir / "vmlinuz-link")
+        token = token_of(workdir, "xen", user=self.USER, VMPARAM_Xen_Kernel='"vmlinuz-link"',
+                         VMPARAM_Xen_Root='"/dev/xvda1"')
+        assert token == errors.XEN_KERNEL_NOT_FOUND
+
+    def test_cdrom_file_symlink_into_a_private_dir(self, workdir, private):
+        os.symlink(private / "notes.txt", workdir / "notes.txt")
+        token = token_of(workdir, user=self.USER, VMPARAM_CDROM_Files='"notes.txt"')
+        assert token == errors.CANNOT_READ_CDROM_FILE
+
+    def test_cdrom_directory_through_dotdot(self, workdir, private):
+        token = token_of(workdir, user=self.USER, VMPARAM_CDROM_Files=f'"{workdir}/../{private.name}"')
+        assert token == errors.CANNOT_READ_CDROM_FILE

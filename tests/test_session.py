@@ -446,3 +446,24 @@ def test_starter_conversation(session):
         "3 0 STATUS=Running CPUUTILIZATION=1.000000 CPUTIME=0.5",
         "Quit",
     ]
+
+
+def test_an_oversized_job_ad_is_not_kept() -> None:
+    """Memory stays bounded: past MAX_AD_BYTES the block's lines are dropped and a
+    START on that ad carries no ad (the runtime answers NO_JOBCLASSAD_INFO)."""
+    from vmgahp.session import MAX_AD_BYTES, Dispatch, GahpSession
+
+    session = GahpSession(("kvm",), "$VMGahpVersion x $")
+    session.receive_line("CLASSAD")
+    line = "A = \"" + "x" * 65536 + "\""
+    for _ in range(MAX_AD_BYTES // len(line) + 2):
+        assert session.receive_line(line) == []
+    session.receive_line("CLASSAD_END")
+    actions = session.receive_line("CONDOR_VM_START 2 kvm")
+    dispatched = [a.request for a in actions if isinstance(a, Dispatch)]
+    assert session.ad_too_big and dispatched[0].ad_lines is None
+    session.receive_line("CLASSAD")  # a new block starts afresh
+    session.receive_line("B = 1")
+    session.receive_line("CLASSAD_END")
+    actions = session.receive_line("CONDOR_VM_START 3 kvm")
+    assert [a.request.ad_lines for a in actions if isinstance(a, Dispatch)] == [("B = 1",)]

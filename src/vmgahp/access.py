@@ -62,31 +62,43 @@ def permits(st: os.stat_result, user: JobUser, want: int) -> bool:
 
 def can_access(path: str, user: JobUser | None, write: bool = False, directory: bool = False) -> bool:
     """True if ``user`` may read (or read and write) the file at ``path``;
-    with ``directory``, a directory it may list and enter is accepted too."""
+    with ``directory``, a directory it may list and enter is accepted too.
+
+    The check is made on the file the path really names: symlinks and ``..``
+    are resolved first (``os.path.realpath``), and every directory above the
+    *resolved* file must be searchable by the user - a symlink in the working
+    dir pointing into a private directory (say ``/root/disk.img``) is refused
+    even when the file itself has permissive mode bits."""
     want = 6 if write else 4
     if user is None:
         if directory and os.path.isdir(path):
             return os.access(path, os.R_OK | os.X_OK)
         return os.access(path, os.R_OK | (os.W_OK if write else 0))
-    path = os.path.abspath(path)
+    real = os.path.realpath(path)
     try:
-        parent = os.path.dirname(path)
-        components = []
-        while True:
-            components.append(parent)
-            up = os.path.dirname(parent)
-            if up == parent:
-                break
-            parent = up
-        for ancestor in reversed(components):
-            if not permits(os.stat(ancestor), user, 1):
-                return False
-        st = os.stat(path)
+        if not ancestors_searchable(real, user):
+            return False
+        st = os.stat(real)
     except OSError:
         return False
     if stat.S_ISDIR(st.st_mode):
         return directory and permits(st, user, 5)
     return permits(st, user, want)
+
+
+def ancestors_searchable(path: str, user: JobUser) -> bool:
+    """Every directory above ``path`` (already resolved) lets ``user`` through."""
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            if not permits(os.stat(parent), user, 1):
+                return False
+        except OSError:
+            return False
+        up = os.path.dirname(parent)
+        if up == parent:
+            return True
+        parent = up
 
 
 def job_user_from_env(environ: dict[str, str] | os._Environ[str]) -> JobUser | None:

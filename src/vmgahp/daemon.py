@@ -71,6 +71,8 @@ class Daemon:
         """Process one line; False when the gahp must end (QUIT)."""
         dispatches: list[Request] = []
         quit_requested = False
+        if line is None:
+            log.get().warning("line_too_long", detail=f"a line over {self._framer.max_line} bytes was dropped")
         with self._lock:
             for action in self.session.receive_line(line):
                 if isinstance(action, Send):

@@ -43,7 +43,7 @@ from itertools import count
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import errors, log
-from .access import JobUser, can_access, permits
+from .access import JobUser, ancestors_searchable, can_access, permits
 from .errors import GahpError
 
 if TYPE_CHECKING:
@@ -213,17 +213,7 @@ def _readable(st: os.stat_result, user: JobUser | None, *, directory: bool, path
 def _ancestors_searchable(path: str, user: JobUser | None) -> bool:
     if user is None:
         return True  # opening as ourselves checks this
-    parent = os.path.dirname(os.path.abspath(path))
-    while True:
-        try:
-            if not permits(os.stat(parent), user, 1):
-                return False
-        except OSError:
-            return False
-        up = os.path.dirname(parent)
-        if up == parent:
-            return True
-        parent = up
+    return ancestors_searchable(os.path.realpath(path), user)
 
 
 # -------------------------------------------------------------------- naming

@@ -55,6 +55,7 @@ Action = Union[Send, Dispatch, Quit]
 
 _S = Send("S")
 _E = Send("E")
+MAX_AD_BYTES = 16 << 20  # a real job ad is a few KiB; the starter sends 2 KiB a second
 
 
 class GahpSession:
@@ -69,6 +70,8 @@ class GahpSession:
         self._pending: set[int] = set()
         self._in_ad = False
         self._ad_lines: list[str] | None = None
+        self._ad_bytes = 0
+        self.ad_too_big = False  # the last CLASSAD block passed MAX_AD_BYTES
         self.quitting = False
 
     # ------------------------------------------------------------------ input
@@ -97,6 +100,12 @@ class GahpSession:
             self._in_ad = False
             return [_S]
         assert self._ad_lines is not None
+        self._ad_bytes += len(line) + 1
+        if self._ad_bytes > MAX_AD_BYTES:
+            # Memory stays bounded; the ad is unusable (START: NO_JOBCLASSAD_INFO).
+            self.ad_too_big = True
+            self._ad_lines.clear()
+            return []
         self._ad_lines.append(line)
         return []
 
@@ -109,7 +118,8 @@ class GahpSession:
             vm_type = argument.lower()
             if vm_type not in self.supported_types:
                 return [_E]
-            ad = tuple(self._ad_lines) if self._ad_lines is not None else None
+            usable = self._ad_lines is not None and not self.ad_too_big
+            ad = tuple(self._ad_lines) if usable else None
             request = Request(request_id, spec.name, vm_type=vm_type, ad_lines=ad)
         else:
             vm_id = wire.parse_vm_id(argument)
@@ -141,6 +151,8 @@ class GahpSession:
         if name == "CLASSAD":
             self._in_ad = True
             self._ad_lines = []
+            self._ad_bytes = 0
+            self.ad_too_big = False
             return [_S]
         if name == "CLASSAD_END":
             # Outside ad mode this deletes the stored ad (spec 3.3).
