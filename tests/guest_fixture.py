@@ -175,3 +175,39 @@ def tiny_guest() -> TinyGuest:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed: cannot prepare or read guest disks")
     return TinyGuest.at(directory)
+
+
+def wait_for_console(uri: str, name: str, text: str, timeout: float = 120.0) -> str:
+    """Read the running domain's serial console (its pty) until ``text`` shows;
+    return what was read. Boot times vary with the machine's load, so tests
+    wait for what the guest says rather than sleeping a fixed time."""
+    import select
+    import time
+    import xml.etree.ElementTree as ET
+
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        root = ET.fromstring(conn.lookupByName(name).XMLDesc(0))
+    finally:
+        conn.close()
+    source = root.find("devices/serial/source")
+    if source is None or not source.get("path"):
+        raise RuntimeError(f"{name} has no pty serial console")
+    fd = os.open(source.get("path"), os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    seen = b""
+    try:
+        deadline = time.monotonic() + timeout
+        while text.encode() not in seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{name} did not print {text!r} within {timeout} s; console: {seen[-500:]!r}")
+            if select.select([fd], [], [], remaining)[0]:
+                try:
+                    seen += os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+    finally:
+        os.close(fd)
+    return seen.decode(errors="replace")

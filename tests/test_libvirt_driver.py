@@ -394,7 +394,10 @@ def test_xml_script_output_is_used(tmp_path: Path, raw_conn) -> None:
         assert argv_copy.read_text() == "2|/tmp/debug log|-v|"
         fed = stdin_copy.read_text()
         assert fed == script_input(job, cfg)
-        assert fed.startswith(job.ad_text)
+        # The job's ad, with the disk list naming the disks as prepared.
+        disk = job.disks[0]
+        assert fed.startswith('JobVMType = "kvm"\nJobVMMemory = 64\n'
+                              f'VMPARAM_vm_Disk = "{disk.path}:vda:w:raw"\n')
         assert 'VMPARAM_Xen_Bootloader = ""\n' in fed
         assert 'VMPARAM_Xen_Initrd = ""\n' in fed
         assert 'VMPARAM_Bridge_Interface = "br7"\n' in fed
@@ -609,3 +612,28 @@ def test_transport_error_is_retried_on_a_new_connection(hv: LibvirtHypervisor, t
 def test_libvirt_errors_are_not_printed(hv: LibvirtHypervisor, capfd) -> None:
     hv.lookup(f"missing_{uuid.uuid4().hex[:8]}")
     assert "libvirt:" not in capfd.readouterr().err
+
+
+STOCK_LIKE_SCRIPT = Path(__file__).resolve().parent / "xml_scripts" / "simple_libvirt_xml.py"
+
+
+def test_stock_like_script_gets_the_prepared_disks(raw_conn: libvirt.virConnect, tmp_path: Path) -> None:
+    """A script that follows the stock script's contract builds its disks from
+    VMPARAM_vm_Disk: it must receive the files the VM really opens (the overlay,
+    the CD-ROM image), and under software emulation its host-passthrough CPU goes."""
+    overlay = tmp_path / "vmgahp-overlay-vda.qcow2"
+    iso = tmp_path / "vmgahp-cdrom.iso"
+    job = make_job(tmp_path, disks=(
+        Disk(path=str(overlay), device="vda", permission="w", format="qcow2"),
+        Disk(path=str(iso), device="hdc", permission="r", format="raw"),
+    ), ad_text='JobVMMemory = 64\nJobVMType = "kvm"\nVMPARAM_VM_NAME = "x"\n'
+              f'VMPARAM_vm_Disk = "disk.img:vda:w:raw"\nVM_WORKING_DIR = "{tmp_path}"\n')
+    hypervisor = LibvirtHypervisor(settings(xml_script=str(STOCK_LIKE_SCRIPT)), "kvm")
+    xml, origin = hypervisor.domain_xml(job)
+    assert origin == "script"
+    root = ET.fromstring(xml)
+    disks = {d.find("target").get("dev"): d for d in root.findall("devices/disk")}
+    assert disks["vda"].find("source").get("file") == str(overlay)
+    assert disks["vda"].find("driver").get("type") == "qcow2"
+    assert disks["hdc"].get("device") == "cdrom" and disks["hdc"].find("readonly") is not None
+    assert root.find("cpu") is None and root.get("type") == "qemu"

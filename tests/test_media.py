@@ -261,13 +261,28 @@ def test_domain_xml_shows_a_read_only_cdrom(scratch: Path, src: dict[str, bytes]
     assert cdrom.find("driver").get("type") == "raw"
 
 
-def test_existing_image_is_replaced(scratch: Path, src: dict[str, bytes]) -> None:
-    """A stale image from an earlier run is replaced, not appended to."""
+def test_an_image_already_there_is_never_overwritten(scratch: Path, src: dict[str, bytes]) -> None:
+    """An image that came back with an earlier run keeps its bytes; the new one
+    takes the next free name and is the one attached (issue 8: nothing that
+    came back is changed)."""
     work = workdir(scratch)
     (work / ISO_NAME).write_bytes(b"stale" * 100000)
-    attach_cdrom(make_job(work, [scratch / "src" / "input.txt"]))
-    assert read_iso(work / ISO_NAME, rr_path="/input.txt") == src["input.txt"]
-    assert (work / ISO_NAME).stat().st_size < 100000
+    job = attach_cdrom(make_job(work, [scratch / "src" / "input.txt"]))
+    assert (work / ISO_NAME).read_bytes() == b"stale" * 100000
+    fresh = work / "vmgahp-cdrom.2.iso"
+    assert job.disks[-1].path == job.cdrom_built == str(fresh)
+    assert read_iso(fresh, rr_path="/input.txt") == src["input.txt"]
+
+
+def test_a_reused_image_is_attached_as_it_is(scratch: Path, src: dict[str, bytes]) -> None:
+    """A restored checkpoint's image is attached unchanged and not rebuilt."""
+    work = workdir(scratch)
+    first = attach_cdrom(make_job(work, [scratch / "src" / "input.txt"]))
+    before = (work / ISO_NAME).read_bytes()
+    again = attach_cdrom(make_job(work, [scratch / "src" / "input.txt"]), reuse=first.cdrom_built)
+    assert again.disks[-1].path == first.cdrom_built and again.cdrom_built == ""
+    assert (work / ISO_NAME).read_bytes() == before
+    assert not (work / "vmgahp-cdrom.2.iso").exists()
 
 
 def test_external_reader_agrees(scratch: Path, src: dict[str, bytes]) -> None:

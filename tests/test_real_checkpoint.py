@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from gahp_process import GahpProcess, job_ad
-from guest_fixture import read_guest_file
+from guest_fixture import read_guest_file, wait_for_console
 
 pytestmark = pytest.mark.libvirtd
 
 MAC = "52:54:00:ab:cd:ef"
 TICKS = 25
-RUN_BEFORE_CHECKPOINT = 14.0  # seconds: ~8 s of boot, then some ticks
+TICKS_BEFORE_CHECKPOINT = 5  # the guest's console says "tick 5/25" first
 NAME = "ckpt_vmgahp.test_43.0"
 CHECKPOINT_FILES = ("xen.mem.ckpt", "xen.mem.ckpt.timestamp", "vmgahp-checkpoint.json", "vmgahp-overlay-vda.qcow2")
 KNOBS = dict(VM_KVM_DOMAIN_TYPE="qemu", VM_NETWORKING="true", VM_NETWORKING_TYPE="user", VM_GAHP_SHUTDOWN_TIMEOUT="5")
@@ -88,7 +88,7 @@ def test_checkpoint_restarts_on_another_directory_and_continues(tiny_guest, libv
         overlay = first / "vmgahp-overlay-vda.qcow2"
         # The overlay is read only once the VM is saved: while QEMU runs it,
         # freshly allocated qcow2 clusters may not be visible from outside.
-        time.sleep(RUN_BEFORE_CHECKPOINT)
+        wait_for_console(libvirt_uri, NAME, f"tick {TICKS_BEFORE_CHECKPOINT}/{TICKS}")
 
         assert gahp.call("CONDOR_VM_CHECKPOINT", "1") == (True, "NULL")
         assert gahp.call("CONDOR_VM_STATUS", "1") == (True, "STATUS=Suspended")
@@ -96,7 +96,7 @@ def test_checkpoint_restarts_on_another_directory_and_continues(tiny_guest, libv
         assert gahp.call("CONDOR_VM_STOP", "1") == (True, "NULL")
         assert gahp.reply("QUIT") == "S"
         assert gahp.wait() == 0
-        assert 1 <= len(before) < TICKS and before == list(range(1, len(before) + 1)), before
+        assert TICKS_BEFORE_CHECKPOINT <= len(before) < TICKS and before == list(range(1, len(before) + 1)), before
 
         # The intermediate files travel; the base image is transferred afresh.
         for name in CHECKPOINT_FILES:

@@ -63,6 +63,7 @@ class VmJob(BaseModel):
     snapshot_disk: bool = False  # writable disks run on qcow2 overlays
     cdrom_files: tuple[str, ...] = ()  # resolved files for the job's ISO image
     cdrom_device: str = ""  # target device of that ISO, e.g. hdc
+    cdrom_built: str = ""  # the ISO vmgahp built for this run ("" when reused or none)
     owner_uid: int | None = None
     owner_gid: int | None = None
     ad_text: str = ""  # the ad as sorted Name = value lines (XML script input)

@@ -79,8 +79,13 @@ class _Node:
     rr_name: str = ""
 
 
-def attach_cdrom(job: VmJob) -> VmJob:
+def attach_cdrom(job: VmJob, reuse: str | None = None) -> VmJob:
     """Build the job's ISO image and add it as a read-only CD-ROM disk.
+
+    ``reuse`` is the image a restored checkpoint came back with: the guest
+    may have it mounted, so it is attached as it is, not rebuilt. A new image
+    never replaces a file already there (one that came back with an earlier
+    run keeps its name; the new one takes the next free name).
 
     Returns ``job`` unchanged when it lists no CD-ROM files; raises
     :class:`GahpError` with ``CANNOT_READ_CDROM_FILE`` or
@@ -92,8 +97,13 @@ def attach_cdrom(job: VmJob) -> VmJob:
 
     if not os.path.isabs(job.working_dir):
         raise GahpError(errors.CANNOT_CREATE_ISO_FILE, f"working dir {job.working_dir!r} is not an absolute path")
-    iso_path = os.path.join(job.working_dir, ISO_NAME)
     device = job.cdrom_device or default_cdrom_device(job.xen)
+    if reuse:
+        _check_device(job, device, reuse)
+        log.get().info("cdrom_reused", path=reuse, device=device)
+        disk = Disk(path=reuse, device=device, permission="r", format="raw")
+        return job.model_copy(update={"disks": job.disks + (disk,)})
+    iso_path = _free_name(job.working_dir)
     _check_device(job, device, iso_path)
     user = None
     if job.owner_uid is not None:
@@ -110,7 +120,16 @@ def attach_cdrom(job: VmJob) -> VmJob:
         seconds=round(time.monotonic() - began, 4),
     )
     disk = Disk(path=iso_path, device=device, permission="r", format="raw")
-    return job.model_copy(update={"disks": job.disks + (disk,)})
+    return job.model_copy(update={"disks": job.disks + (disk,), "cdrom_built": iso_path})
+
+
+def _free_name(working_dir: str) -> str:
+    path = os.path.join(working_dir, ISO_NAME)
+    n = 1
+    while os.path.lexists(path):
+        n += 1
+        path = os.path.join(working_dir, f"vmgahp-cdrom.{n}.iso")
+    return path
 
 
 def _check_device(job: VmJob, device: str, iso_path: str) -> None:

@@ -1,4 +1,4 @@
-"""Snapshot disks: every writable disk runs on a qcow2 overlay.
+"""Snapshot disks: every writable disk runs on a chain of qcow2 overlays.
 
 With ``VMPARAM_vm_Snapshot_Disk = true`` (or ``VM_SNAPSHOT_DISK`` as the
 default) the VM writes to ``vmgahp-overlay-<device>.qcow2`` in the working
@@ -6,15 +6,28 @@ directory, backed by the untouched base image. The overlay is the job's
 output - only the blocks the guest changed go back to the submit side - and,
 being in the working directory, it travels with a checkpoint.
 
-On a restart the base image may sit at a different path (a new scratch
-directory on another machine), so a carried-over overlay is rebased onto the
-base's new path; qemu-img rewrites only the header (``rebase -u``).
+Rules that keep a checkpoint whole wherever it goes:
+
+* **Relative backing names.** An overlay names a base image in the working
+  directory (a transferred disk) by its bare file name, and the layer below
+  it likewise, so the set works unchanged in any scratch directory: nothing is
+  rebased, no header rewritten.
+* **Files that came back are never written.** A restart (or a cold boot that
+  finds overlays of an earlier run) puts a *new* top layer,
+  ``vmgahp-overlay-<device>.<n>.qcow2``, over the newest existing one; the
+  layers that came back stay byte for byte what they were, so the checkpoint
+  they belong to stays restorable until a newer one is committed.
+* **One overlay as output.** When the guest ends by itself the upper layers
+  are committed down into ``vmgahp-overlay-<device>.qcow2`` and removed, so
+  the job's output is one overlay of its base image, however often the job
+  was vacated.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,21 +40,42 @@ if TYPE_CHECKING:
 
 QEMU_IMG = "qemu-img"
 TIMEOUT = 120.0  # qemu-img only touches headers here; minutes would mean a hang
+COMMIT_TIMEOUT = 3600.0  # committing layers copies the guest's writes
 
 
-def overlay_name(device: str) -> str:
-    return f"vmgahp-overlay-{device}.qcow2"
+def overlay_name(device: str, generation: int = 1) -> str:
+    return f"vmgahp-overlay-{device}.qcow2" if generation == 1 else f"vmgahp-overlay-{device}.{generation}.qcow2"
+
+
+def generation_of(device: str, name: str) -> int | None:
+    """1 for ``vmgahp-overlay-<device>.qcow2``, n for ``....<n>.qcow2``, None otherwise."""
+    match = re.fullmatch(rf"vmgahp-overlay-{re.escape(device)}(?:\.(\d+))?\.qcow2", name)
+    if match is None:
+        return None
+    return int(match.group(1)) if match.group(1) else 1
+
+
+def generations(working_dir: str, device: str) -> dict[int, Path]:
+    """The overlays of ``device`` in the working directory, by generation."""
+    found = {}
+    try:
+        names = os.listdir(working_dir)
+    except OSError:
+        return found
+    for name in names:
+        generation = generation_of(device, name)
+        if generation is not None:
+            found[generation] = Path(working_dir) / name
+    return found
 
 
 def needs_overlay(disk: Disk) -> bool:
     return disk.writable and not disk.is_cdrom
 
 
-def _qemu_img(*args: str) -> str:
+def _qemu_img(*args: str, timeout: float = TIMEOUT) -> str:
     try:
-        done = subprocess.run(
-            [QEMU_IMG, *args], capture_output=True, text=True, timeout=TIMEOUT, check=False
-        )
+        done = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise GahpError(errors.INTERNAL, f"qemu-img {args[0]}: {exc}") from exc
     if done.returncode != 0:
@@ -73,37 +107,99 @@ def image_format(path: str) -> str:
     return str(info["format"])
 
 
+def chain(path: str) -> list[str]:
+    """``path`` and every image below it, as qemu-img resolves them (absolute)."""
+    infos = json.loads(_qemu_img("info", "--output=json", "--force-share", "--backing-chain", path))
+    return [os.path.realpath(info["filename"]) for info in infos]
+
+
 def backing_file(path: str) -> str:
+    """The backing file as written in the image's header (relative names stay relative)."""
     info = json.loads(_qemu_img("info", "--output=json", "--force-share", path))
-    return str(info.get("full-backing-filename") or info.get("backing-filename") or "")
+    return str(info.get("backing-filename") or "")
 
 
-def prepare(job: VmJob, reuse: bool = False) -> VmJob:
-    """Put every writable disk of ``job`` on an overlay; return the new job.
+def retarget_backing(overlay: Path, base: str, base_format: str) -> None:
+    """Point an overlay that names its base by a path that no longer exists at
+    ``base`` (``rebase -u`` rewrites only the header)."""
+    current = backing_file(str(overlay))
+    if current and not os.path.isabs(current):
+        return  # a relative name moves with the overlay
+    if current != base:
+        _qemu_img("rebase", "-u", "-F", base_format or image_format(base), "-b", base, str(overlay))
 
-    ``reuse``: the overlays came with a checkpoint; keep their contents and
-    only point them at the base images' current paths.
+
+def _backing_name(backing: str, working_dir: str) -> str:
+    """How an overlay in the working dir names its backing image: a bare name
+    for a file beside it, else the absolute path (a shared filesystem)."""
+    if os.path.dirname(os.path.abspath(backing)) == os.path.abspath(working_dir):
+        return os.path.basename(backing)
+    return backing
+
+
+def _create(overlay: Path, backing: str, backing_format: str, working_dir: str) -> None:
+    # A relative backing name is resolved from the overlay's own directory.
+    name = _backing_name(backing, working_dir)
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", backing_format, "-b", name, str(overlay))
+
+
+def prepare(job: VmJob, tops: dict[str, str] | None = None, avoid: frozenset[str] = frozenset()) -> VmJob:
+    """Put every writable disk of ``job`` on a fresh top overlay; return the new job.
+
+    ``tops`` maps a device to the overlay a restored checkpoint left on top of
+    it; the new layer goes over that one. Without it, the newest overlay of the
+    device already in the working directory (from an earlier run whose memory
+    state is not usable) keeps the guest's disk progress under the new layer,
+    provided its chain really ends at this job's base image and no other
+    job's checkpoint claims it (``avoid``: file names).
     """
     if not job.snapshot_disk:
         return job
+    working_dir = job.working_dir
     disks = []
     for disk in job.disks:
         if not needs_overlay(disk):
             disks.append(disk)
             continue
-        overlay = Path(job.working_dir) / overlay_name(disk.device)
-        base_format = disk.format or image_format(disk.path)
-        if reuse and overlay.exists():
-            if backing_file(str(overlay)) != disk.path:
-                _qemu_img("rebase", "-u", "-F", base_format, "-b", disk.path, str(overlay))
-            log.get().info("overlay_reused", overlay=overlay.name, base=disk.path)
-        else:
-            overlay.unlink(missing_ok=True)
-            _qemu_img("create", "-q", "-f", "qcow2", "-F", base_format, "-b", disk.path, str(overlay))
-            log.get().info("overlay_created", overlay=overlay.name, base=disk.path, base_format=base_format)
+        existing = generations(working_dir, disk.device)
+        ours = {n: p for n, p in existing.items() if p.name not in avoid}
+        below, below_format = disk.path, disk.format or image_format(disk.path)
+        if tops and disk.device in tops:
+            below, below_format = tops[disk.device], "qcow2"
+        elif ours:
+            newest = ours[max(ours)]
+            if os.path.realpath(disk.path) not in chain(str(newest)):
+                raise GahpError(errors.BAD_IMAGE, f"{newest.name} in the working dir is not an overlay of {disk.path}; "
+                                                  "it is left as it is")
+            below, below_format = str(newest), "qcow2"
+            log.get().warning("overlay_kept", overlay=newest.name, detail="no usable checkpoint: the guest boots "
+                              "on the disk state an earlier run left")
+        generation = max(existing, default=0) + 1
+        overlay = Path(working_dir) / overlay_name(disk.device, generation)
+        _create(overlay, below, below_format, working_dir)
+        log.get().info("overlay_created", overlay=overlay.name, backing=os.path.basename(below))
         _chown(overlay, job)
         disks.append(disk.model_copy(update={"path": str(overlay), "format": "qcow2"}))
     return job.model_copy(update={"disks": tuple(disks)})
+
+
+def commit_down(job: VmJob) -> None:
+    """The guest ended: fold every upper layer into the first overlay of its
+    device and remove it, so the output is one overlay of the base image."""
+    for disk in job.disks:
+        existing = generations(job.working_dir, disk.device)
+        if len(existing) < 2 or Path(disk.path) != existing[max(existing)]:
+            continue
+        first = existing[min(existing)]
+        try:
+            _qemu_img("commit", "-q", "-b", str(first), disk.path, timeout=COMMIT_TIMEOUT)
+        except GahpError as exc:
+            log.get().error("overlay_commit_failed", overlay=disk.path, detail=exc.detail)
+            continue
+        for generation, path in existing.items():
+            if path != first:
+                path.unlink(missing_ok=True)
+        log.get().info("overlays_committed", into=first.name, layers=len(existing))
 
 
 def _chown(path: Path, job: VmJob) -> None:

@@ -245,9 +245,10 @@ class Runtime:
         with log.bound(vm_id=vm_id):
             hypervisor = self._get_hypervisor()
             job = build_job(ad, request.vm_type, self.settings, hypervisor.network_plan(), self.user)
-            restart = checkpoint.find_restart(job)
-            job = attach_cdrom(job)
-            job = overlays.prepare(job, reuse=restart is not None)
+            found = checkpoint.scan(job)  # from the working dir itself, not TransferIntermediate
+            restart = found.restart
+            job = attach_cdrom(job, reuse=restart.cdrom if restart else None)
+            job = overlays.prepare(job, tops=restart.tops if restart else None, avoid=found.foreign)
             with self._lock:
                 if self._closing:
                     raise GahpError(errors.INTERNAL, "the gahp is shutting down")
@@ -269,8 +270,6 @@ class Runtime:
     @staticmethod
     def _boot(hypervisor: Hypervisor, job: Any, restart: Any) -> Any:
         """Cold boot, or restore from the checkpoint the job brought along."""
-        from . import checkpoint
-
         if restart is None:
             return hypervisor.create(job)
         try:
@@ -279,7 +278,8 @@ class Runtime:
             # Never fall back to a cold boot on the checkpoint's disks: that
             # is a crash as far as the guest's filesystems are concerned.
             raise GahpError(errors.BAD_IMAGE, f"cannot restore the checkpoint: {exc}") from exc
-        checkpoint.discard(job.working_dir)
+        # The checkpoint's files stay as they came: the guest writes to new
+        # overlay layers, and a later checkpoint replaces them atomically.
         return domain
 
     def _register(self, vm: VirtualMachine) -> tuple[bool, str]:

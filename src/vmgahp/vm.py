@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from . import checkpoint, errors, log
-from .checkpoint import fsync_dir, write_atomically
+from .checkpoint import fsync_dir, fsync_file, write_atomically
 from .drivers.base import Domain, DomainState, Hypervisor, HypervisorError
 from .errors import GahpError
-from .media import ISO_NAME
 
 if TYPE_CHECKING:
     from .job import VmJob  # pydantic: loaded by the first START, not at start-up
@@ -192,24 +191,34 @@ class VirtualMachine:
         if self.state is not VmState.RUNNING:
             raise GahpError(errors.VM_INVALID_OPERATION, f"suspend of a {self.state.value} VM")
         self._check_xen_hvm_suspend(errors.VM_NO_SUPPORT_SUSPEND)
+        partial, _disks = self._save_memory()
+        try:
+            os.replace(partial, self.save_file)
+            fsync_dir(self.save_file.parent)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise _hypervisor_error(errors.INTERNAL, "save", exc) from exc
+        # A checkpoint that named the memory file is superseded by this save.
+        (Path(self.job.working_dir) / checkpoint.MANIFEST).unlink(missing_ok=True)
+        self._chown_to_owner(self.save_file)
+        self._set(VmState.SUSPENDED)
+
+    def _save_memory(self) -> tuple[Path, list]:
+        """Save the VM's memory to ``xen.mem.ckpt.partial`` (synced); return it
+        and the disks the domain was using. The VM is no longer running."""
         if self.soft_suspended:
             self._unpause()
-        target = self.save_file
-        partial = target.with_name(target.name + ".partial")
+        partial = self.save_file.with_name(self.save_file.name + ".partial")
         try:
             self.description = self.domain.describe()
+            disks = self.domain.disks(self.description)
             partial.unlink(missing_ok=True)
             self.domain.save(partial)
-            _fsync_file(partial)
-            # Renamed only once complete: an eviction in the middle of a
-            # save never replaces a good save file with half of one.
-            os.replace(partial, target)
-            fsync_dir(target.parent)
+            fsync_file(partial)
         except (HypervisorError, OSError) as exc:
             partial.unlink(missing_ok=True)
             raise _hypervisor_error(errors.INTERNAL, "save", exc) from exc
-        self._chown_to_owner(target)
-        self._set(VmState.SUSPENDED)
+        return partial, disks
 
     def resume(self) -> None:
         if self.soft_suspended:
@@ -222,11 +231,20 @@ class VirtualMachine:
         save_file = self.save_file
         if not os.access(save_file, os.R_OK):
             raise GahpError(errors.VM_INVALID_SUSPEND_FILE, f"cannot read {save_file}")
+        committed = (Path(self.job.working_dir) / checkpoint.MANIFEST).exists()
+        job = self.job
+        if committed:
+            # The checkpoint stays whole: the resumed guest writes to new layers.
+            from . import overlays
+
+            job = overlays.prepare(job, tops={d.device: d.path for d in job.disks if overlays.needs_overlay(d)})
         try:
-            self.domain = self.hypervisor.restore(self.job, save_file)
+            self.domain = self.hypervisor.restore(job, save_file)
         except HypervisorError as exc:
             raise _hypervisor_error(errors.INTERNAL, "restore", exc) from exc
-        checkpoint.discard(self.job.working_dir)  # memory, timestamp, manifest: all stale now
+        self.job = job
+        if not committed:
+            save_file.unlink(missing_ok=True)  # as the C++ does after a resume
         self._set(VmState.RUNNING)
 
     def checkpoint(self) -> None:
@@ -235,16 +253,48 @@ class VirtualMachine:
         if not self.job.checkpoint:
             raise GahpError(errors.VM_NO_SUPPORT_CHECKPOINT, "the job did not ask for vm_checkpoint")
         self._check_xen_hvm_suspend(errors.VM_NO_SUPPORT_CHECKPOINT)
+        working_dir = Path(self.job.working_dir)
+        manifest = working_dir / checkpoint.MANIFEST
+        staged = working_dir / (checkpoint.MANIFEST + ".next")
         try:
             if self.state is VmState.RUNNING:
-                self.suspend()
+                memory, disks = self._save_memory()
+            else:  # saved by an earlier SUSPEND: that save is the state
+                memory, disks = self.save_file, self.domain.disks(self.description)
+            # Both the memory state and the manifest are complete on disk
+            # before either replaces anything: a full filesystem or an
+            # eviction midway leaves the previous checkpoint as it was.
+            checkpoint.write_manifest(self.job, memory, checkpoint.sha256_of(memory), disks,
+                                      self.description, target=staged)
+            if memory != self.save_file:
+                os.replace(memory, self.save_file)
+            os.replace(staged, manifest)
+            fsync_dir(working_dir)
             write_atomically(self.timestamp_file, f"{int(time.time())}\n".encode())
-            self._chown_to_owner(self.timestamp_file)
-            # The manifest commits the checkpoint: written last, atomically.
-            manifest = checkpoint.write_manifest(self.job, self.save_file, self.description)
-            self._chown_to_owner(manifest)
-        except (GahpError, OSError) as exc:
+            for path in (self.save_file, self.timestamp_file, manifest):
+                self._chown_to_owner(path)
+        except (GahpError, OSError, ValueError) as exc:
+            staged.unlink(missing_ok=True)
+            if self.state is VmState.RUNNING:
+                with contextlib.suppress(OSError):
+                    (working_dir / (checkpoint.MEMORY + ".partial")).unlink()
+                self._recover_after_failed_save()
             raise GahpError(errors.VM_CANNOT_CREATE_CKPT_FILES, f"checkpoint: {exc}") from exc
+        self._set(VmState.SUSPENDED)
+
+    def _recover_after_failed_save(self) -> None:
+        """A save that failed after the guest stopped: libvirt resumes it when it
+        can; if the domain is gone the guest's state is lost with it."""
+        try:
+            state = self.domain.info().state
+        except HypervisorError:
+            return
+        if state is DomainState.GONE:
+            log.get().error("save_lost_domain", detail="the domain ended during a failed save")
+            self._set(VmState.STOPPED)
+        elif state is DomainState.PAUSED:
+            with contextlib.suppress(GahpError):
+                self._unpause()
 
     def stop(self, grace_seconds: float) -> None:
         """CONDOR_VM_STOP: ask the guest to power off, destroy it after the grace."""
@@ -269,14 +319,20 @@ class VirtualMachine:
     def release(self) -> None:
         """The gahp is done with this VM (STOP, or QUIT after it ended): tidy
         the working dir so that only the job's real output goes back."""
-        # Rebuilt from the job's files at every START: never output.
-        (Path(self.job.working_dir) / ISO_NAME).unlink(missing_ok=True)
+        if self.job.cdrom_built:  # ours, rebuilt from the job's files: never output
+            Path(self.job.cdrom_built).unlink(missing_ok=True)
         if not self.self_shutdown:
             return
-        # The guest ended by itself: a stale checkpoint is no output.
+        # The guest ended by itself: the job is done, its checkpoint is stale.
+        from . import overlays
+
         checkpoint.discard(self.job.working_dir)
+        for iso in Path(self.job.working_dir).glob("vmgahp-cdrom*.iso"):
+            iso.unlink(missing_ok=True)
         if self.job.no_output_vm:
             self._drop_vm_output()
+        else:
+            overlays.commit_down(self.job)
 
     def destroy(self) -> None:
         """Used at QUIT, EOF and SIGTERM: the VM must not outlive the gahp."""
@@ -311,18 +367,15 @@ class VirtualMachine:
 
         The C++ deletes the whole working directory, HTCondor's own files
         included (Q19); vmgahp deletes only the VM's writable images that live
-        there (transferred disks, overlays, the CD-ROM image)."""
+        there (transferred disks, every overlay layer)."""
+        from . import overlays
+
         working_dir = Path(self.job.working_dir)
+        doomed = [Path(d.path) for d in self.job.disks
+                  if Path(d.path).parent == working_dir and (d.writable or d.is_cdrom)]
         for disk in self.job.disks:
-            path = Path(disk.path)
-            if path.parent == working_dir and (disk.writable or disk.is_cdrom):
-                path.unlink(missing_ok=True)
+            doomed += overlays.generations(self.job.working_dir, disk.device).values()
+        for path in doomed:
+            if path.exists():
+                path.unlink()
                 log.get().info("output_dropped", path=path.name, detail="vm_no_output_vm")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -57,6 +57,17 @@ class DomainInfo:
     vcpus: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class AttachedDisk:
+    """A disk as the running VM really uses it (read back from the hypervisor)."""
+
+    device: str
+    path: str
+    format: str = ""
+    readonly: bool = False
+    cdrom: bool = False
+
+
 class HypervisorError(Exception):
     """A hypervisor call failed; ``message`` is the hypervisor's own text."""
 
@@ -104,6 +115,11 @@ class Domain(ABC):
     def describe(self) -> str:
         """The hypervisor's own description of the VM (libvirt: domain XML)."""
         return ""
+
+    def disks(self, description: str = "") -> list[AttachedDisk]:
+        """The file-backed disks the VM really uses, from ``description`` (as
+        :meth:`describe` returned it) or from the hypervisor now."""
+        return []
 
 
 class Hypervisor(ABC):

@@ -13,7 +13,7 @@ from pathlib import Path
 import libvirt
 
 from ... import log
-from ..base import Domain, DomainInfo, DomainState, HypervisorError
+from ..base import AttachedDisk, Domain, DomainInfo, DomainState, HypervisorError
 from .connection import LibvirtConnection
 from .faults import hypervisor_error, is_flag_refused, is_no_domain, is_not_running
 
@@ -113,6 +113,11 @@ class LibvirtDomain(Domain):
             return self._require("describe").XMLDesc(0)
         except libvirt.libvirtError as exc:
             raise hypervisor_error(exc, f"XML of {self.name}") from exc
+
+    def disks(self, description: str = "") -> list[AttachedDisk]:
+        from .xml_edit import file_disks
+
+        return file_disks(description or self.describe())
 
     def save(self, path: Path) -> None:
         """Write the memory state to ``path``; the transient domain ends.

@@ -17,6 +17,7 @@ from xml.parsers.expat import ExpatError
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
     from ...job import Disk
+    from ..base import AttachedDisk
 
 
 class DomainXmlParseError(ValueError):
@@ -46,6 +47,13 @@ def normalise_script_xml(text: str, name: str, domain_type: str | None) -> tuple
     if domain_type is not None and root.getAttribute("type") != domain_type:
         changes.append(f"domain type {root.getAttribute('type')!r} -> {domain_type!r}")
         root.setAttribute("type", domain_type)
+    if domain_type == "qemu":
+        # Software emulation has no host CPU to pass through (HTCondor's stock
+        # script always asks for host-passthrough): QEMU picks its default model.
+        for cpu in _children(root, "cpu"):
+            if cpu.getAttribute("mode") in ("host-passthrough", "host-model"):
+                changes.append(f"<cpu mode={cpu.getAttribute('mode')!r}> removed: no hardware virtualization")
+                root.removeChild(cpu)
     # The gahp finds its VM by name (STATUS, kill mode); a script must not rename it.
     names = _children(root, "name")
     current = _text(names[0]) if names else None
@@ -61,7 +69,9 @@ def normalise_script_xml(text: str, name: str, domain_type: str | None) -> tuple
 
 def retarget_disks(xml: str, disks: Iterable[Disk]) -> str | None:
     """Point each file disk of ``xml`` at the job's file for the same target
-    device; None when nothing has to change."""
+    device; None when nothing has to change. A retargeted disk loses the
+    ``<backingStore>`` chain recorded with the old file: libvirt reads the
+    new file's own chain from its header."""
     wanted = {d.device: d.path for d in disks}
     _doc, root = parse_domain(xml)
     changed = False
@@ -76,8 +86,31 @@ def retarget_disks(xml: str, disks: Iterable[Disk]) -> str | None:
         path = wanted.get(targets[0].getAttribute("dev"))
         if path is not None and sources[0].getAttribute("file") != path:
             sources[0].setAttribute("file", path)
+            for chain in _children(disk, "backingStore"):
+                disk.removeChild(chain)
             changed = True
     return root.toxml() if changed else None
+
+
+def file_disks(xml: str) -> list[AttachedDisk]:
+    """The file-backed disks of a domain description, as the domain uses them."""
+    from ..base import AttachedDisk
+
+    _doc, root = parse_domain(xml)
+    found = []
+    for disk in root.getElementsByTagName("disk"):
+        targets, sources = _children(disk, "target"), _children(disk, "source")
+        if disk.getAttribute("type") != "file" or not targets or not sources or not sources[0].getAttribute("file"):
+            continue
+        drivers = _children(disk, "driver")
+        found.append(AttachedDisk(
+            device=targets[0].getAttribute("dev"),
+            path=sources[0].getAttribute("file"),
+            format=drivers[0].getAttribute("type") if drivers else "",
+            readonly=bool(_children(disk, "readonly")),
+            cdrom=disk.getAttribute("device") == "cdrom",
+        ))
+    return found
 
 
 def _children(el: minidom.Element, tag: str) -> list[minidom.Element]:

@@ -45,9 +45,36 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def disk_list(job: VmJob) -> str:
+    """``VMPARAM_vm_Disk`` naming the files the VM really opens - overlays of
+    snapshot disks, vmgahp's CD-ROM image - in the form the stock script
+    parses (``file:device:perm:format``; a name containing ``iso`` is a CD-ROM)."""
+    return ",".join(
+        f"{disk.path}:{disk.device}:{'w' if disk.writable and not disk.is_cdrom else 'r'}"
+        + (f":{disk.format}" if disk.format else "")
+        for disk in job.disks
+    )
+
+
+def _with_disks(ad_text: str, job: VmJob) -> str:
+    """The ad lines with VMPARAM_vm_Disk replaced (or added, in name order)."""
+    wanted = f"VMPARAM_vm_Disk = {_quoted(disk_list(job))}"
+    lines = ad_text.splitlines()
+    names = [line.split(" ", 1)[0].lower() for line in lines]
+    if "vmparam_vm_disk" in names:
+        lines[names.index("vmparam_vm_disk")] = wanted
+    else:
+        at = next((i for i, name in enumerate(names) if name > "vmparam_vm_disk"), len(lines))
+        lines.insert(at, wanted)
+    return "\n".join(lines) + "\n"
+
+
 def script_input(job: VmJob, settings: Settings) -> str:
-    """What the script reads on stdin (the C++ order and conditions)."""
-    text = job.ad_text
+    """What the script reads on stdin (the C++ order and conditions), except
+    that the disk list names the disks as prepared (see :func:`disk_list`):
+    a script that built the disks from the job's own list would bypass the
+    snapshot overlays and the CD-ROM image."""
+    text = _with_disks(job.ad_text, job) if job.disks else job.ad_text
     if text and not text.endswith("\n"):
         text += "\n"
     bootloader = (job.xen.bootloader if job.xen else "") or settings.xen_bootloader
