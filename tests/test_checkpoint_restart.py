@@ -101,6 +101,30 @@ def test_overlay_is_rebased_when_the_base_moves(dirs: list[Path]) -> None:
     assert overlays.backing_file(str(second / overlay.name)) == str(second / "disk.img")
 
 
+def test_a_refused_restore_puts_the_overlay_back_as_it_came(dirs: list[Path]) -> None:
+    """The rebase onto the new base path is undone byte for byte (the restore failed)."""
+    from vmgahp.job import Disk, VmJob
+
+    first, second = dirs
+    disk = Disk(path=str(_base_disk(first)), device="vda", permission="w", format="raw", transferred=True)
+    job = VmJob(vm_type="kvm", name="t_1.0", working_dir=str(first), memory_mib=64, snapshot_disk=True,
+                disks=(disk,))
+    overlay = Path(overlays.prepare(job).disks[0].path)
+    shutil.copy(first / "disk.img", second / "disk.img")
+    shutil.copy(overlay, second / overlay.name)
+    came = _sha256(second / overlay.name)
+    moved = job.model_copy(update={
+        "working_dir": str(second),
+        "disks": (disk.model_copy(update={"path": str(second / "disk.img")}),),
+    })
+    carried = overlays.carried_backings(moved)
+    assert carried == {second / overlay.name: (str(first / "disk.img"), "raw")}
+    overlays.prepare(moved, reuse=True)
+    assert _sha256(second / overlay.name) != came  # rebased
+    overlays.put_back(carried)
+    assert _sha256(second / overlay.name) == came
+
+
 def test_checkpoint_restarts_in_a_fresh_directory(dirs: list[Path], gahps: list) -> None:
     """A fresh daemon given the checkpoint files restores the VM instead of booting it."""
     first, second = dirs

@@ -78,6 +78,37 @@ def backing_file(path: str) -> str:
     return str(info.get("full-backing-filename") or info.get("backing-filename") or "")
 
 
+def carried_backings(job: VmJob) -> dict[Path, tuple[str, str]]:
+    """The backing file and format, as written in each header, of the overlays a
+    checkpoint brought along (call before :func:`prepare` rebases them)."""
+    found: dict[Path, tuple[str, str]] = {}
+    if not job.snapshot_disk:
+        return found
+    for disk in job.disks:
+        overlay = Path(job.working_dir) / overlay_name(disk.device)
+        if needs_overlay(disk) and overlay.exists():
+            info = json.loads(_qemu_img("info", "--output=json", "--force-share", str(overlay)))
+            found[overlay] = (str(info.get("backing-filename") or ""), str(info.get("backing-filename-format") or ""))
+    return found
+
+
+def put_back(backings: dict[Path, tuple[str, str]]) -> None:
+    """Undo :func:`prepare`'s rebase after a refused restore: each overlay names its
+    old backing file again (qemu-img rewrites the same header bytes), so a
+    checkpoint that could not be restored is left exactly as it came."""
+    for overlay, (backing, backing_format) in backings.items():
+        if not backing:
+            continue
+        try:
+            info = json.loads(_qemu_img("info", "--output=json", "--force-share", str(overlay)))
+            if info.get("backing-filename") != backing:
+                fmt = ["-F", backing_format] if backing_format else []
+                _qemu_img("rebase", "-u", *fmt, "-b", backing, str(overlay))
+                log.get().info("overlay_put_back", overlay=overlay.name, base=backing)
+        except (GahpError, OSError, ValueError) as exc:
+            log.get().warning("overlay_put_back_failed", overlay=overlay.name, detail=str(exc))
+
+
 def prepare(job: VmJob, reuse: bool = False) -> VmJob:
     """Put every writable disk of ``job`` on an overlay; return the new job.
 

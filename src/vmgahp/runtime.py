@@ -247,13 +247,18 @@ class Runtime:
             job = build_job(ad, request.vm_type, self.settings, hypervisor.network_plan(), self.user)
             restart = checkpoint.find_restart(job)
             job = attach_cdrom(job)
+            carried = overlays.carried_backings(job) if restart is not None else {}
             job = overlays.prepare(job, reuse=restart is not None)
             with self._lock:
                 if self._closing:
                     raise GahpError(errors.INTERNAL, "the gahp is shutting down")
                 self._starting += 1
             try:
-                domain = self._boot(hypervisor, job, restart)
+                try:
+                    domain = self._boot(hypervisor, job, restart)
+                except GahpError:
+                    overlays.put_back(carried)  # a refused checkpoint stays as it came
+                    raise
                 with self._lock:
                     # Remembered only once it is ours: a failed create may be
                     # a name clash with another job's live domain.
