@@ -49,10 +49,14 @@ def job_ad(work: Path, disk: str = "disk.img:vda:w:raw", **extra: str) -> list[s
 
 
 class GahpProcess:
-    def __init__(self, work: Path, argv: tuple[str, ...] = ("-f", "-M", "3"), **knobs: str) -> None:
+    def __init__(
+        self, work: Path, argv: tuple[str, ...] = ("-f", "-M", "3"), launcher: tuple[str, ...] = (), **knobs: str
+    ) -> None:
+        """``launcher``: a command that runs the gahp (its argv follows) and relays its pipes,
+        e.g. a stand-in for the starter that a test may SIGKILL."""
         self.work = work
         self.proc = subprocess.Popen(
-            [str(VMGAHP), *argv],
+            [*launcher, str(VMGAHP), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -112,14 +116,19 @@ class GahpProcess:
         assert self.reply(f"{command} {self.next_id} {argument}") == "S"
         return self.next_id
 
+    def collect(self) -> set[int]:
+        """One RESULTS poll; the ids whose results have arrived and are not yet taken."""
+        count = int(self.reply("RESULTS").split()[1])
+        for _ in range(count):
+            words = self.readline().split(" ", 2)
+            self._stash.setdefault(int(words[0]), (words[1] == "0", words[2]))
+        return set(self._stash)
+
     def result(self, request_id: int, timeout: float = 60.0) -> tuple[bool, str]:
         """Poll RESULTS until the result of ``request_id`` arrives."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            count = int(self.reply("RESULTS").split()[1])
-            for _ in range(count):
-                words = self.readline().split(" ", 2)
-                self._stash.setdefault(int(words[0]), (words[1] == "0", words[2]))
+            self.collect()
             found = self._stash.pop(request_id, None)
             if found is not None:
                 return found

@@ -83,7 +83,7 @@ class PoolJob:
         """Input files, fresh from the submit side, plus everything in SPOOL."""
         self.runs += 1
         scratch = self.top / f"dir_{self.runs}"
-        scratch.mkdir(mode=0o755)
+        scratch.mkdir(mode=0o755, exist_ok=True)  # a test may have mounted a filesystem there
         for source in [*self.submit.iterdir(), *self.spool.iterdir()]:
             shutil.copy2(source, scratch / source.name)
             os.chown(scratch / source.name, 1000, 1000)
@@ -175,3 +175,55 @@ def test_two_vacates_in_a_row_keep_every_tick(tiny_guest, libvirt_uri: str) -> N
         assert progress.count("boot ") == 1, progress
     finally:
         job.close()
+
+
+def test_a_full_filesystem_during_a_checkpoint_keeps_the_previous_one(tiny_guest, libvirt_uri: str) -> None:
+    """Issue 7: the scratch filesystem (a small tmpfs) fills up while a second
+    checkpoint is written. The CHECKPOINT fails with its token, and the previous
+    checkpoint - the one this run was restored from - is intact: the next run
+    restores it and the guest carries on from there, one boot, every tick."""
+    import subprocess
+
+    job = PoolJob(tiny_guest, libvirt_uri, cluster=84, ticks=16, LIBVIRT_XML_SCRIPT="")
+    mounted: list[Path] = []
+    try:
+        scratch, transferred, _ = job.new_scratch()
+        gahp = job.start(scratch)
+        wait_for_console(job.uri, job.name, f"tick 4/{job.ticks}", timeout=180)
+        job.vacate(gahp, scratch, transferred)
+
+        # The next run's scratch dir on a filesystem with room for what comes back
+        # and a few MiB more - not for another memory state.
+        small = job.top / f"dir_{job.runs + 1}"
+        small.mkdir(mode=0o755)
+        need = sum(p.stat().st_size for p in [*job.submit.iterdir(), *job.spool.iterdir()])
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={need + (12 << 20)},mode=0755", "tmpfs", str(small)],
+                       check=True)
+        mounted.append(small)
+        scratch, transferred, came_back = job.new_scratch()
+        assert scratch == small
+        gahp = job.start(scratch)
+        wait_for_console(job.uri, job.name, f"tick 8/{job.ticks}", timeout=180)
+        ok, token = gahp.call("CONDOR_VM_CHECKPOINT", "1", timeout=120)
+        assert (ok, token) == (False, "VMGAHP_ERR_VM_CANNOT_CREATE_CKPT_FILES")
+        assert "No space left" in (scratch / "vmgahp.log").read_text()
+        assert not list(scratch.glob("*.partial")) and not list(scratch.glob("*.next"))
+        assert {name: _sha256(scratch / name) for name in came_back} == came_back  # the previous one, intact
+        assert gahp.call("CONDOR_VM_STATUS", "1")[1].startswith("STATUS=Running")  # the guest lives on
+        for name, state in _state(scratch).items():  # the vacate's upload, as after any checkpoint failure
+            if name != "vmgahp.log" and transferred.get(name) != state:
+                shutil.copy2(scratch / name, job.spool / name)
+        assert gahp.call("CONDOR_VM_STOP", "1") == (True, "NULL")
+        assert gahp.reply("QUIT") == "S"
+        assert gahp.wait() == 0
+
+        scratch, _, _ = job.new_scratch()
+        gahp = job.start(scratch)
+        assert '"domain_restored"' in (scratch / "vmgahp.log").read_text()
+        progress = job.finish(gahp, scratch)
+        assert _ticks(progress) == list(range(1, 17)), progress
+        assert progress.count("boot ") == 1, progress
+    finally:
+        job.close()
+        for path in mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)

@@ -17,6 +17,7 @@ feeds to the session.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections import deque
@@ -38,6 +39,15 @@ HypervisorFactory = Callable[[str, Settings], Hypervisor]
 READ_ONLY = frozenset({"CONDOR_VM_STATUS", "CONDOR_VM_GETPID"})
 CLEANUP_DEADLINE = 15.0
 MAX_BACKLOG = 64  # unfinished requests; the starter never has more than a few
+
+
+def _remove_new_vm_files(working_dir: str, before: set[str]) -> None:
+    """A START that failed leaves the working dir as it found it: the overlay
+    layers and CD-ROM image it made are removed (never a file that was there)."""
+    with contextlib.suppress(OSError):
+        for name in set(os.listdir(working_dir)) - before:
+            if name.startswith(("vmgahp-overlay-", "vmgahp-cdrom")):
+                os.unlink(os.path.join(working_dir, name))
 
 
 def _default_factory(vm_type: str, settings: Settings) -> Hypervisor:
@@ -247,11 +257,17 @@ class Runtime:
             job = build_job(ad, request.vm_type, self.settings, hypervisor.network_plan(), self.user)
             found = checkpoint.scan(job)  # from the working dir itself, not TransferIntermediate
             restart = found.restart
-            job = attach_cdrom(job, reuse=restart.cdrom if restart else None)
-            job = overlays.prepare(job, tops=restart.tops if restart else None, avoid=found.foreign)
+            before = set(os.listdir(job.working_dir))
+            try:
+                job = attach_cdrom(job, reuse=restart.cdrom if restart else None)
+                job = overlays.prepare(job, tops=restart.tops if restart else None, avoid=found.foreign)
+                with self._lock:
+                    if self._closing:
+                        raise GahpError(errors.INTERNAL, "the gahp is shutting down")
+            except BaseException:
+                _remove_new_vm_files(job.working_dir, before)
+                raise
             with self._lock:
-                if self._closing:
-                    raise GahpError(errors.INTERNAL, "the gahp is shutting down")
                 self._starting += 1
             try:
                 domain = self._boot(hypervisor, job, restart)
@@ -259,6 +275,9 @@ class Runtime:
                     # Remembered only once it is ours: a failed create may be
                     # a name clash with another job's live domain.
                     self._names.add(job.name)
+            except BaseException:
+                _remove_new_vm_files(job.working_dir, before)
+                raise
             finally:
                 with self._lock:
                     self._starting -= 1
