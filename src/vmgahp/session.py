@@ -107,7 +107,8 @@ class GahpSession:
         argument = words[2]
         if spec.argument == "vmtype":
             vm_type = argument.lower()
-            if vm_type not in self.supported_types:
+            # ASCII only, as strcasecmp: str.lower() folds the Kelvin sign to 'k'.
+            if not argument.isascii() or vm_type not in self.supported_types:
                 return [_E]
             ad = tuple(self._ad_lines) if self._ad_lines is not None else None
             request = Request(request_id, spec.name, vm_type=vm_type, ad_lines=ad)
