@@ -130,6 +130,8 @@ HOSTILE = [
     (b"\x00\xff\xfe CONDOR_VM_STATUS \x00 \x00", "E"),
     (b"COMMANDS\x00", "E"),
     (b"\\" * 70001, "E"),
+    (b"CONDOR_VM_START 4 \xe2\x84\xaavm", "E"),  # Kelvin sign: no ASCII 'k' for strcasecmp (fuzzer)
+    (b"COMMANDS\\\xc3\xa9", "E"),  # the escape takes one byte of the last character (fuzzer)
 ]
 
 

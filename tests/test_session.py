@@ -148,6 +148,12 @@ class TestErrors:
         """CONDOR_VM_START with a type other than xen/kvm gets an immediate E."""
         assert session.receive_line(f"CONDOR_VM_START 2 {vm_type}") == [E]
 
+    @pytest.mark.parametrize("vm_type", ["\u212avm", "\u212aVM"])
+    def test_start_type_is_compared_in_ascii(self, session, vm_type):
+        """Found by the fuzzer: str.lower() folds the Kelvin sign to 'k';
+        strcasecmp does not, so the C++ answers E."""
+        assert session.receive_line(f"CONDOR_VM_START 2 {vm_type}") == [E]
+
     def test_start_type_only_configured(self):
         """A type the gahp does not offer is rejected even if it is otherwise valid."""
         s = GahpSession(("kvm",), VERSION)

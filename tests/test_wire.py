@@ -138,6 +138,14 @@ class TestSplitWords:
         """Only the very last position is affected; an escape before it is kept."""
         assert split_words("ab\\cd") == ["abcd"]
 
+    def test_escaped_last_multibyte_character_kept(self):
+        """Found by the fuzzer: the C++ drops the last *byte* only, so a
+        multi-byte character there keeps all its bytes (the escape took the
+        first); an undecodable byte is one byte and is dropped."""
+        assert split_words("COMMANDS\\\u00e9") == ["COMMANDS\u00e9"]
+        assert split_words("CONDOR_VM_STOP 5 \\\u20ac") == ["CONDOR_VM_STOP", "5", "\u20ac"]
+        assert split_words(b"COMMANDS\\\xff".decode("utf-8", "surrogateescape")) == ["COMMANDS"]
+
     def test_lone_trailing_backslash_dropped(self):
         """A lone backslash at the end of the line disappears."""
         assert split_words("ab\\") == ["ab"]

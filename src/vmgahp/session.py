@@ -116,7 +116,8 @@ class GahpSession:
         argument = words[2]
         if spec.argument == "vmtype":
             vm_type = argument.lower()
-            if vm_type not in self.supported_types:
+            # ASCII only, as strcasecmp: str.lower() folds the Kelvin sign to 'k'.
+            if not argument.isascii() or vm_type not in self.supported_types:
                 return [_E]
             usable = self._ad_lines is not None and not self.ad_too_big
             ad = tuple(self._ad_lines) if usable else None

@@ -99,9 +99,10 @@ def split_words(line: str) -> list[str]:
         ch = line[i]
         if ch == "\\":
             i += 1
-            # The C++ appends the escaped character only if it is not the
-            # last one of the line (vmgahp_common.cpp, parse_vmgahp_command).
-            if i < n - 1:
+            # The C++ appends the escaped byte only if it is not the last
+            # byte of the line (vmgahp_common.cpp, parse_vmgahp_command); a
+            # multi-byte character there has bytes after the escaped one: kept whole.
+            if i < n - 1 or (i < n and not _one_byte(line[i])):
                 word.append(line[i])
         elif ch in _SEPARATORS:
             words.append("".join(word))
@@ -111,6 +112,11 @@ def split_words(line: str) -> list[str]:
         i += 1
     words.append("".join(word))
     return words
+
+
+def _one_byte(ch: str) -> bool:
+    """ASCII, or an undecodable byte carried as a lone surrogate (surrogateescape)."""
+    return ch < "\x80" or "\udc80" <= ch <= "\udcff"
 
 
 def escape(text: str) -> str:
