@@ -226,3 +226,22 @@ def test_run_prints_the_hints_before_running(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert (f"WARNING: {path}:6: condor_submit (HTCondor 25) ignores 'vm_snapshot_disk'; on a pool write instead:\n"
             "    +VMPARAM_vm_Snapshot_Disk = true\n") in err
+
+
+def test_the_documented_jobs_run_unchanged_on_a_pool(tmp_path: Path) -> None:
+    """docs/image-authors.md's job.sub files: no hint, no warning, every file transferred."""
+    import re
+
+    text = (TOP / "docs" / "image-authors.md").read_text()
+    blocks = re.findall(r"cat > job.sub <<'EOF'\n(.*?)\nEOF", text, re.DOTALL)
+    assert len(blocks) >= 2
+    for number, block in enumerate(blocks):
+        directory = tmp_path / str(number)
+        directory.mkdir()
+        listed = re.search(r"^transfer_input_files\s*=\s*(.*)$", block, re.MULTILINE)
+        assert listed, block
+        for name in listed.group(1).split(","):
+            (directory / name.strip()).write_bytes(b"x")
+        (directory / "job.sub").write_text(block + "\n")
+        job = make(directory / "job.sub")
+        assert job.hints == [] and job.warnings == [], block
