@@ -245,3 +245,32 @@ def test_the_documented_jobs_run_unchanged_on_a_pool(tmp_path: Path) -> None:
         (directory / "job.sub").write_text(block + "\n")
         job = make(directory / "job.sub")
         assert job.hints == [] and job.warnings == [], block
+
+
+def test_vmware_pool_forms_are_ready(tmp_path: Path) -> None:
+    """The vmware_* conversions (d763aad063^ submit_utils.cpp:7120-7197, 7244-7280), for a VMware backend."""
+    from vmgahp.run.submit import Context
+
+    vm = tmp_path / "vm"
+    vm.mkdir()
+    for name in ("guest.vmx", "disk.vmdk", "notes.txt"):
+        (vm / name).write_bytes(b"x")
+    entries = {entry.command: entry for entry in LEGACY}
+
+    def convert(command: str, value: str, **lines: str):
+        d = load(write(tmp_path, {**CASES[0]["lines"], **lines}))
+        ctx = Context(d, "vmware", tmp_path)
+        return entries[command].convert(ctx, entries[command], command, value), ctx
+
+    effect, ctx = convert("vmware_dir", "vm", vmware_should_transfer_files="true")
+    assert effect.attrs == [("VMPARAM_VMware_Dir", f'"{vm}"'), ("VMPARAM_VMware_VMX_File", '"guest.vmx"'),
+                            ("VMPARAM_VMware_VMDK_Files", '"disk.vmdk"')]
+    assert effect.transfers == [str(vm / "disk.vmdk"), str(vm / "guest.vmx"), str(vm / "notes.txt")]
+    effect, _ = convert("vmware_dir", "vm", vmware_should_transfer_files="false")
+    assert effect.transfers == [str(vm / "guest.vmx")]  # only the .vmx travels
+    effect, _ = convert("vmware_should_transfer_files", "true")
+    assert effect.attrs == [("VMPARAM_VMware_Transfer", "true")]
+    effect, _ = convert("vmware_snapshot_disk", "true")
+    assert effect.attrs == [("VMPARAM_VMware_SnapshotDisk", "true")]
+    with pytest.raises(SubmitError, match="vmware_snapshot_disk = false"):
+        convert("vmware_snapshot_disk", "false", vmware_should_transfer_files="false")
