@@ -34,6 +34,7 @@ vm_type    = kvm
 executable = tester
 vm_memory  = 128
 vm_disk    = disk.img:vda:w:raw
+{transfer}
 {extra}
 queue
 """
@@ -66,7 +67,8 @@ def job_dir(tmp_path: Path, extra: str = "", disk: bool = True) -> Path:
     if disk:
         with open(work / "disk.img", "wb") as handle:
             handle.truncate(8 << 20)  # sparse
-    (work / "job.sub").write_text(JOB.format(extra=textwrap.dedent(extra)))
+    transfer = "transfer_input_files = disk.img" if disk else ""
+    (work / "job.sub").write_text(JOB.format(transfer=transfer, extra=textwrap.dedent(extra)))
     return work / "job.sub"
 
 
@@ -307,7 +309,7 @@ def fake_gahp(tmp_path: Path, env: dict[str, str]) -> Path:
 
 
 def test_vm_that_stops_by_itself_brings_back_its_output(tmp_path: Path, env: dict[str, str], fake_gahp: Path) -> None:
-    sub = job_dir(tmp_path, "transfer_input_files = notes.txt")
+    sub = job_dir(tmp_path, "transfer_input_files = disk.img, notes.txt")
     (sub.parent / "notes.txt").write_text("unchanged input\n")
     code, stdout, stderr = run([str(sub), "--gahp", str(fake_gahp), "--status-interval", "0.1"], env)
     assert code == 0, stdout + stderr

@@ -9,7 +9,8 @@ import pytest
 
 from vmgahp.jobad import JobAd
 from vmgahp.run.submit import (
-    COMMANDS,
+    KNOWN,
+    LEGACY,
     Identity,
     SubmitError,
     build,
@@ -69,14 +70,17 @@ def test_minimal_kvm_job_ad(tmp_path: Path) -> None:
     assert ad["VMPARAM_vm_Disk"] == '"disk.img:vda:w"'
     assert ad["ShouldTransferFiles"] == '"YES"'
     assert ad["WhenToTransferOutput"] == '"ON_EXIT"'
-    assert ad["TransferInput"] == '"disk.img"'
+    assert ad["TransferExecutable"] == "false"  # the executable is only a label
+    # condor_submit 25 transfers transfer_input_files only, not vm_disk's files
+    assert "TransferInput" not in ad and job.inputs == []
+    assert [(h.command, h.line, h.lines) for h in job.hints] == [("vm_disk", 5, ("transfer_input_files = disk.img",))]
+    assert "VMGAHP_ERR_JOBCLASSAD_KVM_INVALID_DISK_PARAM" in job.hints[0].reason
     assert ad["Owner"] == '"alice"'
     assert ad["User"] == '"alice@example.org"'
     assert ad["Iwd"] == f'"{tmp_path}"'
     assert ad["ExecutableSize"] == str(256 * 1024)
     assert "VMPARAM_No_Output_VM" not in ad and "JobVMHardwareVT" not in ad
     assert job.vm_name == "alice_example.org_1.0"  # create_name_for_VM
-    assert [item.name for item in job.inputs] == ["disk.img"]
     assert job.checkpoint is False and job.vm_type == "kvm" and job.memory_mib == 256
 
 
@@ -103,7 +107,7 @@ def test_every_kvm_command(tmp_path: Path) -> None:
         kvm_cdrom_device   = hdc
         request_memory     = 2G
         request_cpus       = 4
-        transfer_input_files = extra.tar
+        transfer_input_files = extra.tar, disk.img
         queue
         """,
         files=("disk.img", "job.sh", "sub/input.txt", "extra.tar"),
@@ -126,6 +130,7 @@ def test_every_kvm_command(tmp_path: Path) -> None:
     assert ad["VMPARAM_Kvm_CDROM_Device"] == '"hdc"'
     assert ad["RequestMemory"] == "2048"
     assert ad["RequestCpus"] == "4"
+    assert ad["ExecutableSize"] == str(1024 * 1024)
     assert ad["WhenToTransferOutput"] == '"ON_EXIT_OR_EVICT"'
     assert ad["TransferInput"] == '"extra.tar,disk.img,job.sh,sub/input.txt"'
     assert [i.name for i in job.inputs] == ["extra.tar", "disk.img", "job.sh", "input.txt"]
@@ -148,6 +153,7 @@ def test_every_xen_command(tmp_path: Path) -> None:
         xen_cdrom_device  = xvdc
         vm_cdrom_files    = data.txt
         xen_transfer_files = extra.bin, {tmp_path}/abs/other.bin
+        transfer_input_files = vmlinuz, initrd.img, root.img
         queue
         """.format(tmp_path=tmp_path),
         files=("vmlinuz", "initrd.img", "root.img", "data.txt", "extra.bin", "abs/other.bin"),
@@ -166,18 +172,24 @@ def test_every_xen_command(tmp_path: Path) -> None:
     assert "JobVMHardwareVT" not in ad
 
 
-def test_table_covers_the_brief() -> None:
-    attrs = {cmd.keys[0]: cmd.attr for cmd in COMMANDS}
-    assert attrs == {
+def test_tables_cover_the_brief() -> None:
+    # what condor_submit 25 knows (submit_utils.cpp:5098-5112 plus executable) ...
+    assert {cmd.keys[0]: cmd.attr for cmd in KNOWN} == {
         "executable": "Cmd", "vm_type": "JobVMType", "vm_memory": "JobVMMemory", "vm_vcpus": "JobVM_VCPUS",
         "vm_macaddr": "JobVM_MACADDR", "vm_networking": "JobVMNetworking",
         "vm_networking_type": "JobVMNetworkingType", "vm_checkpoint": "JobVMCheckpoint",
-        "vm_hardware_vt": "JobVMHardwareVT", "vm_vnc": "JobVMVNCConsole", "vm_no_output_vm": "VMPARAM_No_Output_VM",
-        "vm_disk": "VMPARAM_vm_Disk", "xen_disk": "VMPARAM_vm_Disk", "vm_snapshot_disk": "VMPARAM_vm_Snapshot_Disk",
-        "vm_cdrom_files": "VMPARAM_CDROM_Files", "kvm_cdrom_device": "VMPARAM_Kvm_CDROM_Device",
-        "xen_cdrom_device": "VMPARAM_Xen_CDROM_Device", "xen_kernel": "VMPARAM_Xen_Kernel",
-        "xen_initrd": "VMPARAM_Xen_Initrd", "xen_root": "VMPARAM_Xen_Root",
-        "xen_kernel_params": "VMPARAM_Xen_Kernel_Params", "xen_transfer_files": "VMPARAM_Xen_Transfer_Files",
+        "vm_vnc": "JobVMVNCConsole", "vm_no_output_vm": "VMPARAM_No_Output_VM", "vm_disk": "VMPARAM_vm_Disk",
+        "xen_kernel": "VMPARAM_Xen_Kernel", "xen_initrd": "VMPARAM_Xen_Initrd", "xen_root": "VMPARAM_Xen_Root",
+        "xen_kernel_params": "VMPARAM_Xen_Kernel_Params",
+    }  # fmt: skip
+    # ... and what only vmgahp knows, each with the + attributes that do the same on a pool
+    assert {entry.command: entry.attrs for entry in LEGACY} == {
+        "vm_cdrom_files": ("VMPARAM_CDROM_Files",), "vm_should_transfer_cdrom_files": (),
+        "kvm_cdrom_device": ("VMPARAM_Kvm_CDROM_Device",), "xen_cdrom_device": ("VMPARAM_Xen_CDROM_Device",),
+        "xen_transfer_files": ("VMPARAM_Xen_Transfer_Files",), "vm_snapshot_disk": ("VMPARAM_vm_Snapshot_Disk",),
+        "vm_hardware_vt": ("JobVMHardwareVT",), "vmware_should_transfer_files": ("VMPARAM_VMware_Transfer",),
+        "vmware_snapshot_disk": ("VMPARAM_VMware_SnapshotDisk",),
+        "vmware_dir": ("VMPARAM_VMware_Dir", "VMPARAM_VMware_VMX_File", "VMPARAM_VMware_VMDK_Files"),
     }  # fmt: skip
 
 
@@ -200,6 +212,7 @@ def test_macros_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         vm_memory  = $(mem)
         images     = $ENV(IMAGES)
         vm_disk    = $(images)/$(name).img:vda:w
+        transfer_input_files = $(images)/$(name).img
         if defined mem
           vm_vcpus = 2
         else
@@ -244,7 +257,8 @@ def test_bad_boolean_names_the_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "mib"),
     [("512", 512), ("1G", 1024), ("1g", 1024), ("1GB", 1024), ("1.5G", 1536), ("2048K", 2), ("1000K", 1),
-     ("3M", 3), (" 64 ", 64), ("0", 0), ("-5", -5), ("abc", None), ("12 parsecs", None)],
+     ("3M", 3), (" 64 ", 64), ("0", 0), ("-5", -4), ("abc", None), ("12 parsecs", None),
+     (".5G", 512), ("2 GB ", 2048), ("1.2345G", 1264), ("5 GiB", None), ("0.5", 1)],
 )  # fmt: skip
 def test_memory_units(text: str, mib: int | None) -> None:
     assert parse_mib(text) == mib
@@ -284,7 +298,8 @@ def test_transfer_list_dedupes_by_name(tmp_path: Path) -> None:
         files=(),
     )
     assert [(i.name, i.source) for i in job.inputs] == [("boot.img", images / "boot.img")]
-    assert job.ad["TransferInput"] == '"cache/boot.img"'
+    assert job.ad["TransferInput"] == f'"{images}/boot.img"'  # as written
+    assert job.hints == []
 
 
 def test_absolute_disks_are_not_transferred(tmp_path: Path) -> None:
@@ -293,8 +308,8 @@ def test_absolute_disks_are_not_transferred(tmp_path: Path) -> None:
 
 
 def test_missing_input_file_names_the_line(tmp_path: Path) -> None:
-    exc = error(tmp_path, KVM_JOB, files=())
-    assert exc.line == 5 and f"cannot find {tmp_path / 'disk.img'}" in exc.message
+    exc = error(tmp_path, KVM_JOB.replace("queue", "transfer_input_files = disk.img\nqueue"), files=())
+    assert exc.line == 6 and f"cannot find {tmp_path / 'disk.img'}" in exc.message
     text = KVM_JOB.replace("queue", "transfer_input_files = a.txt, nope.txt\nqueue")
     exc = error(tmp_path, text, files=("disk.img", "a.txt"))
     assert exc.line == 6 and "nope.txt" in exc.message

@@ -42,6 +42,7 @@ xen_disk           = root.img:xvda:w, {shared}/data.img:xvdb:r
 xen_cdrom_device   = xvdc
 vm_cdrom_files     = job.sh
 xen_transfer_files = extra.bin, {shared}/other.bin
+transfer_input_files = vmlinuz, initrd.img, root.img
 queue
 """
 
@@ -140,6 +141,7 @@ def test_xen_kernel_included(tmp_path: Path, test_conn) -> None:
         xen_kernel        = Included
         xen_kernel_params = console=hvc0
         xen_disk          = root.img:xvda:w
+        transfer_input_files = root.img
         queue
         """,
         files=("root.img",),
@@ -163,6 +165,7 @@ def test_xen_kernel_vmx_is_hvm(tmp_path: Path, test_conn) -> None:
         vm_memory      = 256
         xen_kernel     = vmx
         vm_disk        = hvm.img:hda:w
+        transfer_input_files = hvm.img
         vm_cdrom_files = job.sh
         queue
         """,
@@ -189,8 +192,14 @@ def test_xen_rules_at_submit(tmp_path: Path) -> None:
                files=("root.img", "initrd.img"))
     with pytest.raises(SubmitError, match="just a device name"):
         submit(tmp_path, base + "xen_kernel = included\nxen_cdrom_device = hdc:cdrom\nqueue\n", files=("root.img",))
-    with pytest.raises(SubmitError, match="cannot find"):
-        submit(tmp_path, base + "xen_kernel = missing-vmlinuz\nxen_root = /dev/xvda\nqueue\n", files=("root.img",))
+    # condor_submit 25 transfers no kernel: one that nothing transfers is not found on a pool
+    job = submit(tmp_path, base + "xen_kernel = missing-vmlinuz\nxen_root = /dev/xvda\nqueue\n", files=("root.img",))
+    assert [(h.command, h.lines) for h in job.hints] == [
+        ("xen_disk", ("vm_disk = root.img:xvda:w",)),
+        ("xen_disk", ("transfer_input_files = root.img",)),
+        ("xen_kernel", ("transfer_input_files = missing-vmlinuz",)),
+    ]
+    assert "VMGAHP_ERR_JOBCLASSAD_XEN_KERNEL_NOT_FOUND" in job.hints[2].reason
 
 
 def test_vm_disk_wins_over_xen_disk(tmp_path: Path) -> None:

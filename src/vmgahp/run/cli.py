@@ -138,8 +138,12 @@ def run_main(args: list[str]) -> int:
     except _UsageError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    for hint in plan.job.hints:  # what a pool would do differently: loud, and before anything runs
+        sys.stdout.flush()
+        sys.stderr.write(f"{hint}\n")
     for warning in plan.job.warnings:
         _err(f"warning: {warning}")
+    sys.stderr.flush()
     return _run(plan, options)
 
 
@@ -164,6 +168,7 @@ def _plan(options: argparse.Namespace) -> Plan:
         Identity(user.login, full_hostname()),
         cluster_id=options.cluster_id,
         transfer_intermediate=tuple(p.name for p in resume_files),
+        default_request_cpus=_configured("JOB_DEFAULT_REQUESTCPUS", "1"),
     )
     clash = {item.name for item in job.inputs} & set(scratch_mod.OWN_FILES)
     if clash:
@@ -181,6 +186,16 @@ def _plan(options: argparse.Namespace) -> Plan:
     except OSError as exc:
         raise _UsageError(f"cannot work out defaults for this host: {exc}") from exc
     return Plan(submit_path, job, user, output, given, resume_dir, resume_files, options.max_wall, chosen)
+
+
+def _configured(knob: str, default: str) -> str:
+    """A knob from HTCondor's configuration, or ``default`` without one."""
+    try:
+        import htcondor2
+
+        return str(htcondor2.param.get(knob, default))
+    except Exception:  # noqa: BLE001 - no usable configuration
+        return default
 
 
 def _starter_settings(options: argparse.Namespace) -> StarterSettings:
