@@ -8,15 +8,17 @@ TOP=$(pwd)
 
 bash tests/guest/make-tiny-guest.sh >/dev/null   # cached: instant when current
 
-# No systemd here: start libvirtd by hand if nothing serves its socket, and
-# stop it again (by pid) when done.
-STARTED_PID=""
+# No systemd here: start libvirtd by hand if nothing serves its socket, with
+# its own pid and log file (it needs no /var/log/libvirt then), and stop it
+# again (by pid) when done.
 if ! .venv/bin/python -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect("/run/libvirt/libvirt-sock")' 2>/dev/null; then
-  PIDFILE=$(mktemp -u /tmp/vmgahp-libvirtd.XXXXXX.pid)
-  timeout 20 libvirtd -d -p "$PIDFILE"
-  for _ in $(seq 200); do [ -S /run/libvirt/libvirt-sock ] && [ -f "$PIDFILE" ] && break; sleep 0.1; done
-  STARTED_PID=$(cat "$PIDFILE")
-  trap 'kill "$STARTED_PID" 2>/dev/null || true' EXIT
+  D=$(mktemp -d /tmp/vmgahp-libvirtd.XXXXXX)
+  LIBVIRT_LOG_OUTPUTS="3:file:$D/libvirtd.log" timeout 20 libvirtd -d -p "$D/libvirtd.pid" \
+    || { echo "hello: libvirtd did not start; its log: $D/libvirtd.log" >&2; exit 1; }
+  for _ in $(seq 200); do [ -S /run/libvirt/libvirt-sock ] && [ -s "$D/libvirtd.pid" ] && break; sleep 0.1; done
+  STARTED_PID=$(cat "$D/libvirtd.pid")
+  # Wait until it is gone: a second run must not find it still serving.
+  trap 'kill "$STARTED_PID" 2>/dev/null && for _ in $(seq 100); do kill -0 "$STARTED_PID" 2>/dev/null && sleep 0.1 || break; done' EXIT
   timeout 120 virsh -c qemu:///system version >/dev/null   # first call probes QEMU (~8 s)
 fi
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything vmgahp needs on a fresh Debian 12 machine (run as root):
-# Debian packages (libvirt + QEMU, image tools), the libvirt-qemu user and a
-# qemu.conf fit for running without systemd, and a .venv in the checkout with
-# vmgahp installed. Idempotent: a second run only checks.
+# Debian packages (libvirt + QEMU, image tools, Python with venv and a C
+# compiler for libvirt-python), the libvirt-qemu user, /var/log/libvirt and a
+# qemu.conf fit for running without systemd, a .venv in the checkout with
+# vmgahp installed, and the tiny test guest. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOP=$(pwd)
@@ -11,6 +12,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   syslinux mtools dosfstools e2fsprogs libxml2-utils
+  python3 python3-venv python3-dev gcc
 )
 
 missing=()
@@ -28,6 +30,11 @@ getent group kvm >/dev/null || groupadd -r kvm
 getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || \
   useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+
+# libvirt-daemon-system (not installed: it pulls in polkitd, iptables and init
+# scripts) would create this; without a journal, `libvirtd -d` logs to
+# /var/log/libvirt/libvirtd.log and refuses to start when it cannot open it.
+mkdir -p /var/log/libvirt
 
 # Without systemd there is no virtlogd, and the tests run QEMU as root with
 # files in scratch directories: keep the settings in a marked block.
@@ -47,9 +54,8 @@ CONF
 fi
 
 PY=${PYTHON:-python3}
-if [ ! -x "$TOP/.venv/bin/python" ]; then
-  "$PY" -m venv "$TOP/.venv"
-fi
+# (pip, not python: a venv made before python3-venv was installed has no pip)
+[ -x "$TOP/.venv/bin/pip" ] || "$PY" -m venv "$TOP/.venv"
 "$TOP/.venv/bin/pip" install -q --disable-pip-version-check -e "$TOP[test]"
 bash "$TOP/tests/guest/make-tiny-guest.sh"  # the tiny test guest, into .cache/tiny-guest (cached)
 echo "setup: done ($TOP/.venv/bin/vmgahp)"
