@@ -245,6 +245,41 @@ def test_shutdown_destroys_after_grace(hv: LibvirtHypervisor, tmp_path: Path, mo
         hv.destroy_by_name(job.name)
 
 
+def test_shutdown_presses_again_until_the_guest_listens(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch) -> None:
+    """A guest that is still booting misses the first press; a later one reaches it."""
+    from vmgahp.drivers.libvirt import domain as domain_module
+
+    job = make_job(tmp_path)
+    domain = hv.create(job)
+    real = hv.connection.get()
+    presses: list[float] = []
+
+    class BootingDomain:
+        def __init__(self, dom: libvirt.virDomain) -> None:
+            self._dom = dom
+
+        def shutdown(self) -> int:
+            presses.append(time.monotonic())
+            return 0 if len(presses) < 3 else self._dom.shutdown()  # listens from the third press on
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._dom, name)
+
+    booting = FaultyConn(real, lookupByName=lambda n: BootingDomain(real.lookupByName(n)))
+    monkeypatch.setattr(hv.connection, "get", lambda: booting)
+    monkeypatch.setattr(domain_module, "PRESS_REPEAT_SECONDS", 0.3)
+    try:
+        began = time.monotonic()
+        domain.shutdown(grace_seconds=30)
+        assert time.monotonic() - began < 5, "destroyed after the grace instead of powered off"
+        assert len(presses) == 3
+        assert presses[1] - presses[0] >= 0.25 and presses[2] - presses[1] >= 0.25
+    finally:
+        monkeypatch.undo()
+        hv.destroy_by_name(job.name)
+    assert domain.info().state is DomainState.GONE
+
+
 # ------------------------------------------------------------ start errors
 def test_existing_name_is_left_alone(hv: LibvirtHypervisor, raw_conn, tmp_path: Path) -> None:
     job = make_job(tmp_path)

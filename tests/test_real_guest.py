@@ -127,8 +127,8 @@ def job_ad(work: Path, disks: str, cluster: int) -> list[str]:
     ]
 
 
-def start_guest(work: Path, uri: str, disks: str, cluster: int, gahps: list, domains: list) -> GahpProcess:
-    gahp = GahpProcess(work, VM_KVM_LIBVIRT_URI=uri, VM_KVM_DOMAIN_TYPE="qemu")
+def start_guest(work: Path, uri: str, disks: str, cluster: int, gahps: list, domains: list, **knobs: str) -> GahpProcess:
+    gahp = GahpProcess(work, VM_KVM_LIBVIRT_URI=uri, VM_KVM_DOMAIN_TYPE="qemu", **knobs)
     gahps.append(gahp)
     domains.append(domain_name(cluster))
     gahp.handshake()
