@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 
 from gahp_process import GahpProcess, job_ad as plain_job_ad
-from guest_fixture import TinyGuest, read_guest_file
+from guest_fixture import wait_for_console, TinyGuest, read_guest_file
 from test_real_guest import (  # noqa: F401 - fixtures
     CLUSTER_BASE, JOB_GID, JOB_UID, domain_name, domain_state, domains, gahps, progress, scratch,
     start_guest, ticks, wait_for_ticks,
@@ -111,16 +111,9 @@ def test_stop_after_restart_from_a_checkpoint(
     assert gahp.call("CONDOR_VM_START", "kvm", timeout=120) == (True, "1"), gahp.stderr_tail()
     # The overlay is read only while the VM is saved (clusters QEMU has not flushed are invisible).
     overlay = scratch / "vmgahp-overlay-vda.qcow2"
-    deadline = time.monotonic() + 90
-    time.sleep(12)  # ~8 s of boot under TCG, then ticks
-    while True:
-        assert gahp.call("CONDOR_VM_CHECKPOINT", "1", timeout=120) == (True, "NULL"), gahp.stderr_tail()
-        before = ticks(overlay)
-        if before or time.monotonic() > deadline:
-            break
-        # Not booted yet: let it run on from its checkpoint and try again.
-        assert gahp.call("CONDOR_VM_RESUME", "1", timeout=120)[0], gahp.stderr_tail()
-        time.sleep(4)
+    wait_for_console(libvirt_uri, name, "tick 2/120", timeout=180)
+    assert gahp.call("CONDOR_VM_CHECKPOINT", "1", timeout=120) == (True, "NULL"), gahp.stderr_tail()
+    before = ticks(overlay)
     assert before, "the guest never ticked"
     assert gahp.call("CONDOR_VM_STOP", "1") == (True, "NULL")
     assert gahp.reply("QUIT") == "S"
@@ -144,6 +137,8 @@ def test_stop_after_restart_from_a_checkpoint(
     assert_powered_off_by_acpi(second_scratch, elapsed, 15.0)
     assert restart.reply("QUIT") == "S"
     assert restart.wait(timeout=60) == 0
-    lines = (read_guest_file(second_scratch / "vmgahp-overlay-vda.qcow2", "progress.txt") or "").splitlines()
+    # The restored guest wrote to a new layer over the checkpoint's overlay.
+    top = second_scratch / "vmgahp-overlay-vda.2.qcow2"
+    lines = (read_guest_file(top, "progress.txt") or "").splitlines()
     assert lines.count("boot 1 after tick 0") == 1 and not any(l.startswith("boot 2") for l in lines), lines
     assert lines[-1:] == ["power button"], lines
