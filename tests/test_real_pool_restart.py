@@ -135,6 +135,16 @@ class PoolJob:
             shutil.rmtree(self.top, ignore_errors=True)
 
 
+def _domain_xml(uri: str, name: str) -> str:
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        return conn.lookupByName(name).XMLDesc(0)
+    finally:
+        conn.close()
+
+
 def _run_with_vacates(job: PoolJob, vacates: int) -> str:
     scratch, transferred, came_back = job.new_scratch()
     gahp = job.start(scratch)
@@ -146,6 +156,7 @@ def _run_with_vacates(job: PoolJob, vacates: int) -> str:
         gahp = job.start(scratch)
         log = (scratch / "vmgahp.log").read_text()
         assert '"domain_restored"' in log and '"domain_started"' not in log, "cold-booted"
+        assert MAC in _domain_xml(job.uri, job.name)  # the NIC keeps its address
         # Nothing that came back was changed by the restart.
         assert {name: _sha256(scratch / name) for name in came_back} == came_back
     return job.finish(gahp, scratch)
