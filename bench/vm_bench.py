@@ -84,9 +84,9 @@ def settle() -> None:
 def bench_raw(memory: int) -> tuple[float, float]:
     import libvirt
 
-    from vmgahp.config import Settings
+    from vmgahp.gahp.config import Settings
     from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
-    from vmgahp.job import Disk, VmJob
+    from vmgahp.job.model import Disk, VmJob
 
     work = scratch(memory)
     job = VmJob(vm_type="kvm", name=NAME, working_dir=str(work), memory_mib=memory,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmgahp.argv import KILL, STANDALONE, TEST, Invocation, UsageError, c_atoi, parse_argv
+from vmgahp.gahp.argv import KILL, STANDALONE, TEST, Invocation, UsageError, c_atoi, parse_argv
 
 
 # --------------------------------------------------------------------------- the real command lines (1.2)

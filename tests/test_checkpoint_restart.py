@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gahp_process import GahpProcess, job_ad
-from vmgahp import overlays
+from vmgahp.drivers.libvirt import overlays
 
 CHECKPOINT_FILES = ("xen.mem.ckpt", "xen.mem.ckpt.timestamp", "vmgahp-checkpoint.json", "vmgahp-overlay-vda.qcow2")
 
@@ -60,7 +60,7 @@ def gahps():
 
 def test_overlay_takes_the_writes_and_the_base_stays_untouched(dirs: list[Path]) -> None:
     """Writes land in the qcow2 overlay; the base image's bytes do not change."""
-    from vmgahp.job import Disk, VmJob
+    from vmgahp.job.model import Disk, VmJob
 
     work = dirs[0]
     base = _base_disk(work)
@@ -86,7 +86,7 @@ def test_overlays_name_their_base_relatively_and_move_unchanged(dirs: list[Path]
     """An overlay of a transferred base names it by its bare file name: copied with
     its base into another scratch directory it works there as it is - nothing is
     rebased, the file that came back is never rewritten."""
-    from vmgahp.job import Disk, VmJob
+    from vmgahp.job.model import Disk, VmJob
 
     first, second = dirs
     disk = Disk(path=str(_base_disk(first)), device="vda", permission="w", format="raw", transferred=True)
@@ -111,7 +111,7 @@ def test_overlays_name_their_base_relatively_and_move_unchanged(dirs: list[Path]
 
 def test_commit_down_leaves_one_overlay_of_the_base(dirs: list[Path]) -> None:
     """When the guest ends, the layers fold into the first overlay: one output file."""
-    from vmgahp.job import Disk, VmJob
+    from vmgahp.job.model import Disk, VmJob
 
     work = dirs[0]
     disk = Disk(path=str(_base_disk(work)), device="vda", permission="w", format="raw", transferred=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vmgahp import commands
-from vmgahp.commands import BY_NAME, COMMAND_TABLE, COMMANDS_REPLY, Kind, lookup
+from vmgahp.protocol import commands
+from vmgahp.protocol.commands import BY_NAME, COMMAND_TABLE, COMMANDS_REPLY, Kind, lookup
 
 SPEC_ORDER = (
     "ASYNC_MODE_ON ASYNC_MODE_OFF CONDOR_VM_START CONDOR_VM_STOP CONDOR_VM_SUSPEND "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vmgahp.config import ConfigError, Settings, settings_from
+from vmgahp.gahp.config import ConfigError, Settings, settings_from
 
 
 def settings(**knobs: str) -> Settings:
@@ -232,7 +232,7 @@ def _load_in_child(config: Path, code: str, extra_env: dict[str, str] | None = N
     }
     env["CONDOR_CONFIG"] = str(config)
     env.update(extra_env or {})
-    program = "from vmgahp.config import load_settings\ns = load_settings()\n" + code + "\n"
+    program = "from vmgahp.gahp.config import load_settings\ns = load_settings()\n" + code + "\n"
     done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 
 from gahp_process import GahpProcess
-from vmgahp.daemon import Daemon
-from vmgahp.session import GahpSession
+from vmgahp.gahp.daemon import Daemon
+from vmgahp.protocol.session import GahpSession
 
 BANNER = "$VMGahpVersion 0.0.1 x vmgahp-test $"
 

@@ -233,7 +233,7 @@ def test_a_saturated_worker_pool_answers_every_request_by_its_deadline(
     """One worker, a hung libvirtd and many STATUS requests: each is answered with a
     token by its own deadline, counted from when it was accepted (not one deadline
     after another), and past MAX_BACKLOG unfinished requests at once - none is dropped."""
-    from vmgahp.runtime import MAX_BACKLOG
+    from vmgahp.vm.runtime import MAX_BACKLOG
 
     proxy = FreezableProxy(tmp_path / "proxy.sock", libvirt_socket)
     try:

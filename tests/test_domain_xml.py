@@ -17,7 +17,7 @@ import pytest
 
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
-from vmgahp.job import Disk, VmJob, XenBoot
+from vmgahp.job.model import Disk, VmJob, XenBoot
 
 MAC = "52:54:00:12:34:56"
 
@@ -323,10 +323,10 @@ def test_hostile_job_ad_strings_reach_the_xml_intact(tmp_path: Path, test_conn: 
     """Quotes, <, &, ', a backslash-n and non-ASCII in every string attribute that
     reaches the domain XML, from the job ad through build_job: the document is
     schema-valid on libvirt's test driver and each value means what the job said."""
-    from vmgahp.config import Settings
-    from vmgahp.job import build_job
-    from vmgahp.jobad import JobAd
-    from vmgahp.networking import NetworkPlan
+    from vmgahp.gahp.config import Settings
+    from vmgahp.job.model import build_job
+    from vmgahp.job.jobad import JobAd
+    from vmgahp.job.networking import NetworkPlan
 
     def ad_string(text: str) -> str:  # old ClassAd syntax, as the starter prints it
         return '"' + text.replace('"', '\\"') + '"'

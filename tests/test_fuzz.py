@@ -25,9 +25,9 @@ from fuzz_daemon import DaemonFuzz
 from fuzz_lines import HypothesisChooser, LineStream, RandomChooser, pick
 from fuzz_model import INT_MAX, FramerModel, ReplyModel, gahp_words, parse_result_line, request_id, starter_words, vm_id
 from gahp_process import GahpProcess, job_ad
-from vmgahp import wire
-from vmgahp.session import Dispatch, GahpSession, Quit, Request, Send
-from vmgahp.wire import LineFramer
+from vmgahp.protocol import wire
+from vmgahp.protocol.session import Dispatch, GahpSession, Quit, Request, Send
+from vmgahp.protocol.wire import LineFramer
 
 FUZZ_LINES = int(os.environ.get("VMGAHP_FUZZ_LINES") or 0)
 LONG = FUZZ_LINES > 0
@@ -55,7 +55,7 @@ def report_counts(request):
                 reporter.write_line(text)
 
 
-# ============================================================ level 1: vmgahp.wire
+# ============================================================ level 1: vmgahp.protocol.wire
 PIECES = [b"a", b" ", b"\\", b"\r", b"\n", b"\r\n", b"\t", b"\x00", b"\xff", b"\xc3", b"\xa9",
           "\u00e9".encode(), "\u20ac".encode(), b"COMMANDS", b"7", b"\\\n", b"\\\r"]
 streams = st.binary(max_size=300) | st.lists(st.sampled_from(PIECES), max_size=120).map(b"".join)

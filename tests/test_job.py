@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from vmgahp import errors
-from vmgahp.access import JobUser, can_access, job_user_from_env
-from vmgahp.config import Settings
+from vmgahp.job.access import JobUser, can_access, job_user_from_env
+from vmgahp.gahp.config import Settings
 from vmgahp.errors import GahpError
-from vmgahp.job import MIN_MEMORY_MIB, VmJob, build_job
-from vmgahp.jobad import JobAd
-from vmgahp.networking import NetworkPlan
+from vmgahp.job.model import MIN_MEMORY_MIB, VmJob, build_job
+from vmgahp.job.jobad import JobAd
+from vmgahp.job.networking import NetworkPlan
 
 NO_NET = NetworkPlan((), "")
 NAT_BRIDGE = NetworkPlan(("nat", "bridge"), "nat")

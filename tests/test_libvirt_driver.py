@@ -22,14 +22,14 @@ import libvirt
 import pytest
 
 from vmgahp import errors
-from vmgahp.config import Settings
+from vmgahp.gahp.config import Settings
 from vmgahp.drivers.base import DomainState, HostCheckError, HypervisorError
 from vmgahp.drivers.libvirt import driver as driver_module
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor, classify_start_error
 from vmgahp.drivers.libvirt.xml_script import script_input
 from vmgahp.drivers.registry import load_hypervisor
 from vmgahp.errors import GahpError
-from vmgahp.job import Disk, VmJob, XenBoot
+from vmgahp.job.model import Disk, VmJob, XenBoot
 
 TEST_URI = "test:///default"
 

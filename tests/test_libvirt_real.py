@@ -17,11 +17,11 @@ import pytest
 
 from libvirtd_fixture import Libvirtd
 from vmgahp import errors
-from vmgahp.config import Settings
+from vmgahp.gahp.config import Settings
 from vmgahp.drivers.base import DomainState
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.errors import GahpError
-from vmgahp.job import Disk, VmJob
+from vmgahp.job.model import Disk, VmJob
 
 pytestmark = pytest.mark.libvirtd
 

@@ -1,4 +1,4 @@
-"""CD-ROM images (vmgahp.media): built with pycdlib, read back, cross-checked.
+"""CD-ROM images (vmgahp.vm.cdrom): built with pycdlib, read back, cross-checked.
 
 Every image is built from real files and read back with pycdlib under all
 three name sets (Rock Ridge, Joliet, ISO 9660); when isoinfo or xorriso is
@@ -27,11 +27,12 @@ import pycdlib
 import pytest
 
 from gahp_process import GahpProcess, job_ad
-from vmgahp import errors, media
+from vmgahp import errors
+from vmgahp.vm import cdrom as media
 from vmgahp.drivers.libvirt.domain_xml import build_domain_xml
 from vmgahp.errors import GahpError
-from vmgahp.job import Disk, VmJob
-from vmgahp.media import ISO_NAME, VOLUME_ID, attach_cdrom
+from vmgahp.job.model import Disk, VmJob
+from vmgahp.vm.cdrom import ISO_NAME, VOLUME_ID, attach_cdrom
 
 UID = GID = 1000  # the job user
 LONG_NAME = "A-Very-Long-Mixed-Case-File-Name-With-Dashes-That-Is-Longer-Than-Joliet-Allows.data"
@@ -428,8 +429,8 @@ def test_disk_full_leaves_nothing_behind(scratch: Path, src: dict[str, bytes]) -
     script = textwrap.dedent("""\
         import resource, signal, sys
         from vmgahp.errors import GahpError
-        from vmgahp.job import VmJob
-        from vmgahp.media import attach_cdrom
+        from vmgahp.job.model import VmJob
+        from vmgahp.vm.cdrom import attach_cdrom
         job = VmJob.model_validate_json(sys.stdin.read())
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a failing write(), not a signal
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
@@ -440,7 +441,7 @@ def test_disk_full_leaves_nothing_behind(scratch: Path, src: dict[str, bytes]) -
             print(exc.detail)
         """)
     done = subprocess.run([sys.executable, "-c", script], input=job.model_dump_json(), capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(media.__file__).parents[1])})
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(media.__file__).parents[2])})
     lines = done.stdout.splitlines()
     assert lines and lines[0] == errors.CANNOT_CREATE_ISO_FILE, done.stdout + done.stderr
     assert "too large" in lines[1].lower()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vmgahp.config import Settings
-from vmgahp.networking import NetworkPlan, plan_networking
+from vmgahp.gahp.config import Settings
+from vmgahp.job.networking import NetworkPlan, plan_networking
 
 
 def cfg(types: tuple[str, ...], default: str = "", bridge: str = "", networking: bool = True) -> Settings:

@@ -7,18 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vmgahp.jobad import JobAd
-from vmgahp.run.submit import (
-    KNOWN,
-    LEGACY,
-    Identity,
-    SubmitError,
-    build,
-    load,
-    parse_bool,
-    parse_mib,
-    quote,
-)
+from vmgahp.job.jobad import JobAd
+from vmgahp.run.submit import KNOWN, LEGACY, Identity, SubmitError, build, load, parse_bool, parse_mib, quote
 
 ALICE = Identity("alice", "example.org")
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from vmgahp.config import Settings
+from vmgahp.gahp.config import Settings
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import build_domain_xml
-from vmgahp.job import VmJob, build_job
-from vmgahp.jobad import JobAd
-from vmgahp.media import attach_cdrom
-from vmgahp.networking import NetworkPlan
+from vmgahp.job.model import VmJob, build_job
+from vmgahp.job.jobad import JobAd
+from vmgahp.vm.cdrom import attach_cdrom
+from vmgahp.job.networking import NetworkPlan
 from vmgahp.run.submit import Identity, Job, SubmitError, build, load
 
 ALICE = Identity("alice", "example.org")

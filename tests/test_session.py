@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vmgahp.commands import COMMANDS_REPLY
-from vmgahp.session import Dispatch, GahpSession, Quit, Request, Send
+from vmgahp.protocol.commands import COMMANDS_REPLY
+from vmgahp.protocol.session import Dispatch, GahpSession, Quit, Request, Send
 
 VERSION = "$VMGahpVersion 0.0.1 May 1 2007 Condor\\ VMGAHP $"
 S = Send("S")
@@ -457,7 +457,7 @@ def test_starter_conversation(session):
 def test_an_oversized_job_ad_is_not_kept() -> None:
     """Memory stays bounded: past MAX_AD_BYTES the block's lines are dropped and a
     START on that ad carries no ad (the runtime answers NO_JOBCLASSAD_INFO)."""
-    from vmgahp.session import MAX_AD_BYTES, Dispatch, GahpSession
+    from vmgahp.protocol.session import MAX_AD_BYTES, Dispatch, GahpSession
 
     session = GahpSession(("kvm",), "$VMGahpVersion x $")
     session.receive_line("CLASSAD")

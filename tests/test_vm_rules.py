@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from vmgahp import vm
-from vmgahp.deadline import DeadlineExceeded, call_with_deadline
-from vmgahp.vm import CpuUtilization
+from vmgahp.vm import lifecycle as vm
+from vmgahp.vm.deadline import DeadlineExceeded, call_with_deadline
+from vmgahp.vm.lifecycle import CpuUtilization
 
 
 class FakeClock:

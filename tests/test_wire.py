@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from vmgahp import wire
-from vmgahp.wire import LineFramer, escape, is_request_id, is_vm_id, result_line, split_words
+from vmgahp.protocol import wire
+from vmgahp.protocol.wire import LineFramer, escape, is_request_id, is_vm_id, result_line, split_words
 
 
 # --------------------------------------------------------------------------- LineFramer

@@ -38,16 +38,16 @@ import libvirt
 import pytest
 
 from vmgahp import errors
-from vmgahp.access import JobUser
-from vmgahp.config import Settings
+from vmgahp.job.access import JobUser
+from vmgahp.gahp.config import Settings
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.errors import GahpError
-from vmgahp.job import VmJob, build_job
-from vmgahp.jobad import JobAd
-from vmgahp.media import attach_cdrom
-from vmgahp.networking import NetworkPlan, plan_networking
+from vmgahp.job.model import VmJob, build_job
+from vmgahp.job.jobad import JobAd
+from vmgahp.vm.cdrom import attach_cdrom
+from vmgahp.job.networking import NetworkPlan, plan_networking
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden" / "xen"

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..job import VmJob
-    from ..networking import NetworkPlan
+    from vmgahp.gahp.config import Settings
+    from vmgahp.job.model import VmJob
+    from vmgahp.job.networking import NetworkPlan
 
 
 class Capability(enum.Flag):

@@ -13,8 +13,8 @@ from collections import namedtuple
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from .base import Hypervisor
+    from vmgahp.gahp.config import Settings
+    from vmgahp.drivers.base import Hypervisor
 
 # ``requires``: the top-level module the backend needs. (A namedtuple, not a
 # dataclass: this module is imported on the way to the banner.)

@@ -29,22 +29,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import defaults as defaults_mod
-from . import scratch as scratch_mod
-from .progress import Progress, hms, size
-from .starter import (
-    FAILED,
-    KILLED,
-    START_FAILED,
-    STOPPED,
-    VACATED,
-    Interrupts,
-    Outcome,
-    Starter,
-    StarterSettings,
-    explain_start_failure,
-)
-from .submit import Identity, Job, SubmitError, build, full_hostname, load
+from vmgahp.run import defaults as defaults_mod
+from vmgahp.run import scratch as scratch_mod
+from vmgahp.run.progress import Progress, hms, size
+from vmgahp.run.starter import FAILED, KILLED, START_FAILED, STOPPED, VACATED, Interrupts, Outcome, Starter, StarterSettings, explain_start_failure
+from vmgahp.run.submit import Identity, Job, SubmitError, build, full_hostname, load
 
 EXIT_OK = 0  # the VM ended by itself
 EXIT_FAILED = 1  # the gahp failed, or vmgahp run could not prepare the job

@@ -31,7 +31,7 @@ def host_memory_mib(meminfo: str = "/proc/meminfo") -> int:
 
 def choose(vm_type: str, is_set: Callable[[str], bool]) -> list[Default]:
     """The defaults for the knobs ``is_set`` says are unset."""
-    from ..drivers.registry import local_defaults
+    from vmgahp.drivers.registry import local_defaults
 
     chosen = []
     if not is_set("VM_MEMORY"):

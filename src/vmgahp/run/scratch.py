@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .submit import InputFile
+from vmgahp.run.submit import InputFile
 
 FALLBACK_UID = 1000  # the first ordinary user on most Linux systems
 CHUNK = 8 << 20

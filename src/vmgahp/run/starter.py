@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from .. import errors
-from .progress import Progress, Status
-from .submit import quote
+from vmgahp import errors
+from vmgahp.run.progress import Progress, Status
+from vmgahp.run.submit import quote
 
 BANNER_TIMEOUT = 90.0  # the gahp checks its configuration and the hypervisor first (up to 30 s)
 REPLY_TIMEOUT = 60.0  # an immediate S/E reply; the real starter would wait forever

@@ -23,27 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import submit_legacy as legacy
-from .submit_file import Custom, SubmitDescription, SubmitError, load, scan
-from .submit_known import (
-    KNOWN,
-    NO_STD_FILES,
-    VM_TYPES,
-    VM_UNIVERSE,
-    XEN_KERNEL_KEYWORDS,
-    Command,
-    check_vm_type,
-    cross_rules,
-    file_transfer,
-    parse_bool,
-    parse_mib,
-    quote,
-    request_resources,
-    strip_outer_quotes,
-    split_list,
-    untransferred_files,
-)
-from .submit_legacy import LEGACY, PoolHint
+from vmgahp.run import submit_legacy as legacy
+from vmgahp.run.submit_file import Custom, SubmitDescription, SubmitError, load, scan
+from vmgahp.run.submit_known import KNOWN, NO_STD_FILES, VM_TYPES, VM_UNIVERSE, XEN_KERNEL_KEYWORDS, Command, check_vm_type, cross_rules, file_transfer, parse_bool, parse_mib, quote, request_resources, strip_outer_quotes, split_list, untransferred_files
+from vmgahp.run.submit_legacy import LEGACY, PoolHint
 
 __all__ = [
     "COMMANDS", "Command", "Context", "Custom", "Identity", "InputFile", "Job", "KNOWN", "LEGACY", "PoolHint",

@@ -32,11 +32,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..condor_syntax import condor_boolean
+from vmgahp.gahp.condor_syntax import condor_boolean
 
 if TYPE_CHECKING:
-    from .submit import Context
-    from .submit_file import SubmitDescription
+    from vmgahp.run.submit import Context
+    from vmgahp.run.submit_file import SubmitDescription
 
 VM_UNIVERSE = 13  # CONDOR_UNIVERSE_VM (src/condor_includes/condor_universe.h)
 VM_TYPES = ("kvm", "xen")

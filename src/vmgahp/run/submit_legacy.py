@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .submit_known import VM_TYPES, parse_bool, quote, split_list
+from vmgahp.run.submit_known import VM_TYPES, parse_bool, quote, split_list
 
 if TYPE_CHECKING:
-    from .submit import Context
+    from vmgahp.run.submit import Context
 
 OLD_SUBMIT = "6d32fec944^:src/condor_submit.V6/submit.cpp"
 OLD_VMWARE = "d763aad063^:src/condor_utils/submit_utils.cpp"

@@ -19,9 +19,9 @@ from typing import Callable, TypeVar
 
 import libvirt
 
-from ... import log
-from ..base import HypervisorError
-from .faults import error_code, error_message, is_connection_error
+from vmgahp import log
+from vmgahp.drivers.base import HypervisorError
+from vmgahp.drivers.libvirt.faults import error_code, error_message, is_connection_error
 
 T = TypeVar("T")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import libvirt
 
-from ... import log
-from ..base import AttachedDisk, Domain, DomainInfo, DomainState, HypervisorError
-from .connection import LibvirtConnection
-from .faults import hypervisor_error, is_flag_refused, is_no_domain, is_not_running
+from vmgahp import log
+from vmgahp.drivers.base import AttachedDisk, Domain, DomainInfo, DomainState, HypervisorError
+from vmgahp.drivers.libvirt.connection import LibvirtConnection
+from vmgahp.drivers.libvirt.faults import hypervisor_error, is_flag_refused, is_no_domain, is_not_running
 
 POLL_SECONDS = 0.2
 # QEMU drops a power-button press the guest has not enabled yet (firmware,
@@ -121,7 +121,7 @@ class LibvirtDomain(Domain):
             raise hypervisor_error(exc, f"XML of {self.name}") from exc
 
     def disks(self, description: str = "") -> list[AttachedDisk]:
-        from .xml_edit import file_disks
+        from vmgahp.drivers.libvirt.xml_edit import file_disks
 
         return file_disks(description or self.describe())
 

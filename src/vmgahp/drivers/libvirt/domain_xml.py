@@ -39,7 +39,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
-    from ...job import Disk, VmJob, XenBoot
+    from vmgahp.job.model import Disk, VmJob, XenBoot
 
 
 XEN_HVMLOADER = "/usr/lib/xen/boot/hvmloader"

@@ -23,20 +23,20 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from ... import errors, log
-from ...errors import GahpError
-from ...networking import NetworkPlan, plan_networking
-from ..base import Capability, DomainState, HostCheckError, Hypervisor, HypervisorError
-from .connection import LibvirtConnection
-from .domain import LibvirtDomain
-from .domain_xml import DomainXmlError, build_domain_xml
-from .faults import error_message, hypervisor_error, is_flag_refused, is_no_domain, is_unsupported
-from .xml_edit import DomainXmlParseError, normalise_script_xml, retarget_disks
-from .xml_script import DEFAULT_TIMEOUT, run_xml_script
+from vmgahp import errors, log
+from vmgahp.errors import GahpError
+from vmgahp.job.networking import NetworkPlan, plan_networking
+from vmgahp.drivers.base import Capability, DomainState, HostCheckError, Hypervisor, HypervisorError
+from vmgahp.drivers.libvirt.connection import LibvirtConnection
+from vmgahp.drivers.libvirt.domain import LibvirtDomain
+from vmgahp.drivers.libvirt.domain_xml import DomainXmlError, build_domain_xml
+from vmgahp.drivers.libvirt.faults import error_message, hypervisor_error, is_flag_refused, is_no_domain, is_unsupported
+from vmgahp.drivers.libvirt.xml_edit import DomainXmlParseError, normalise_script_xml, retarget_disks
+from vmgahp.drivers.libvirt.xml_script import DEFAULT_TIMEOUT, run_xml_script
 
 if TYPE_CHECKING:
-    from ...config import Settings
-    from ...job import VmJob
+    from vmgahp.gahp.config import Settings
+    from vmgahp.job.model import VmJob
 
 KVM_DEVICE = "/dev/kvm"
 PASST_MIN_LIBVIRT = 9_000_000  # virGetVersion() encoding of 9.0.0
@@ -65,7 +65,7 @@ def classify_start_error(code: int | None, source: int | None, message: str, job
     internal errors, an admin's LIBVIRT_XML_SCRIPT output - is the host's:
     INTERNAL, which requeues the job.
     """
-    from ...overlays import image_problem
+    from vmgahp.drivers.libvirt.overlays import image_problem
 
     if _BAD_IMAGE_TEXT in message.lower():  # the C++ rule, kept
         return errors.BAD_IMAGE

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import libvirt
 
-from ..base import HypervisorError
+from vmgahp.drivers.base import HypervisorError
 
 # Error domains of the client-side transport: an internal or system error
 # raised there means the connection itself broke, not the request.

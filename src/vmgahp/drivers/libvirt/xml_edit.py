@@ -16,8 +16,8 @@ from xml.dom import minidom
 from xml.parsers.expat import ExpatError
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
-    from ...job import Disk
-    from ..base import AttachedDisk
+    from vmgahp.job.model import Disk
+    from vmgahp.drivers.base import AttachedDisk
 
 
 class DomainXmlParseError(ValueError):
@@ -94,7 +94,7 @@ def retarget_disks(xml: str, disks: Iterable[Disk]) -> str | None:
 
 def file_disks(xml: str) -> list[AttachedDisk]:
     """The file-backed disks of a domain description, as the domain uses them."""
-    from ..base import AttachedDisk
+    from vmgahp.drivers.base import AttachedDisk
 
     _doc, root = parse_domain(xml)
     found = []

@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ... import log
-from .xml_edit import DomainXmlParseError, parse_domain
+from vmgahp import log
+from vmgahp.drivers.libvirt.xml_edit import DomainXmlParseError, parse_domain
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
-    from ...config import Settings
-    from ...job import VmJob
+    from vmgahp.gahp.config import Settings
+    from vmgahp.job.model import VmJob
 
 DEFAULT_TIMEOUT = 30.0
 _STDERR_LOG_LIMIT = 4000
@@ -94,7 +94,7 @@ def script_argv(settings: Settings) -> list[str]:
     syntax (V1 raw, or V2 when double-quoted). Read here, at START, so a bad
     value never stops the gahp: it is logged, and the words before the error
     are kept, as ``AppendArgsV1RawOrV2Quoted`` leaves them."""
-    from ...condor_syntax import ArgsError, split_args_v1_raw_or_v2_quoted
+    from vmgahp.gahp.condor_syntax import ArgsError, split_args_v1_raw_or_v2_quoted
 
     argv = [settings.xml_script]
     if settings.xml_script_args:

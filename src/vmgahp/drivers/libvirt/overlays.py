@@ -32,11 +32,11 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import errors, log
-from .errors import GahpError
+from vmgahp import errors, log
+from vmgahp.errors import GahpError
 
 if TYPE_CHECKING:
-    from .job import Disk, VmJob
+    from vmgahp.job.model import Disk, VmJob
 
 QEMU_IMG = "qemu-img"
 TIMEOUT = 120.0  # qemu-img only touches headers here; minutes would mean a hang

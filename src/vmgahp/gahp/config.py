@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .condor_syntax import condor_boolean, condor_integer
+from vmgahp.gahp.condor_syntax import condor_boolean, condor_integer
 
 DEFAULT_KVM_URI = "qemu:///session"  # what the C++ gahp hard-codes
 DEFAULT_XEN_URI = "xen:///system"
@@ -156,6 +156,6 @@ def settings_from(get: Callable[[str], str | None]) -> Settings:
 
 def load_settings() -> Settings:
     """Read the HTCondor configuration of this process (CONDOR_CONFIG + env)."""
-    from .condor_param import read_knobs
+    from vmgahp.gahp.condor_param import read_knobs
 
     return settings_from(read_knobs().get)

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from . import errors, log
-from .errors import GahpError
+from vmgahp import errors, log
+from vmgahp.errors import GahpError
 
 if TYPE_CHECKING:
-    from .drivers.base import AttachedDisk
-    from .job import VmJob
+    from vmgahp.drivers.base import AttachedDisk
+    from vmgahp.job.model import VmJob
 
 MANIFEST = "vmgahp-checkpoint.json"
 MEMORY = "xen.mem.ckpt"
@@ -88,7 +88,7 @@ def write_manifest(job: VmJob, memory: Path, memory_sha256: str, disks: Iterable
     """Write (to ``target``, default the manifest's own name) the manifest of a
     checkpoint whose memory state is ``memory``; ``disks`` is what the domain
     really used. Returns the path written."""
-    from . import overlays
+    from vmgahp.drivers.libvirt import overlays
 
     working_dir = job.working_dir
     files: dict[str, dict] = {MEMORY: _record(memory, memory_sha256)}
@@ -195,7 +195,7 @@ def _verify(job: VmJob, files: dict[str, dict]) -> None:
 def _legacy(job: VmJob, manifest: dict) -> Restart | None:
     """A format-1 checkpoint (vmgahp before December 2026): sizes only,
     overlays that name their base by absolute path."""
-    from . import overlays
+    from vmgahp.drivers.libvirt import overlays
 
     if manifest.get("vm_name") not in (None, job.name):
         log.get().warning("checkpoint_ignored", detail=f"format-1 {MANIFEST} of VM {manifest.get('vm_name')!r}")

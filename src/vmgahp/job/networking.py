@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import Settings
+from vmgahp.gahp.config import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import __version__, log
-from .argv import KILL, STANDALONE, TEST, USAGE, Invocation, UsageError, parse_argv
+from vmgahp import __version__, log
+from vmgahp.gahp.argv import KILL, STANDALONE, TEST, USAGE, Invocation, UsageError, parse_argv
 
 # One version on the wire: the VM GAHP protocol vmgahp speaks, in the banner,
 # the VERSION reply and the probe's VM_GAHP_VERSION alike (the startd
@@ -26,7 +26,7 @@ KILL_DEADLINE = 30.0
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "run":
-        from .run.cli import run_main
+        from vmgahp.run.cli import run_main
 
         return run_main(args[1:])
     code = _gahp_main(args)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _gahp_main(args: list[str]) -> int:
-    from .access import job_user_from_env
+    from vmgahp.job.access import job_user_from_env
 
     user = job_user_from_env(os.environ)
     if os.geteuid() == 0 and user is None:
@@ -48,7 +48,7 @@ def _gahp_main(args: list[str]) -> int:
         log.early_error(f"{exc}\n{USAGE}")
         return 1
     log.setup(terminal=invocation.terminal_log)
-    from .startup import StartupError
+    from vmgahp.gahp.startup import StartupError
 
     try:
         if invocation.mode == TEST:
@@ -63,8 +63,8 @@ def _gahp_main(args: list[str]) -> int:
 
 
 def _check_vm_type(vm_type: str) -> None:
-    from .drivers.registry import available_types, known_types
-    from .startup import StartupError
+    from vmgahp.drivers.registry import available_types, known_types
+    from vmgahp.gahp.startup import StartupError
 
     if vm_type not in known_types():
         raise StartupError(f"VM type {vm_type!r} is not supported (supported: {', '.join(known_types())})")
@@ -83,7 +83,7 @@ def _apply_log_settings(invocation: Invocation, settings: object) -> None:
 
 
 def _probe(invocation: Invocation) -> int:
-    from .startup import PendingPreflight
+    from vmgahp.gahp.startup import PendingPreflight
 
     _check_vm_type(invocation.vm_type)
     pending = PendingPreflight(invocation.vm_type, PROBE_DEADLINE, invocation.terminal_log)
@@ -91,7 +91,7 @@ def _probe(invocation: Invocation) -> int:
     _apply_log_settings(invocation, settings)
     types = pending.network_types
     if types is None:  # no host to probe (test hypervisor): the configuration decides
-        from .networking import plan_networking
+        from vmgahp.job.networking import plan_networking
 
         types = list(plan_networking(settings, invocation.vm_type, invocation.vm_type == "kvm").types)
     lines = [
@@ -110,9 +110,9 @@ def _probe(invocation: Invocation) -> int:
 
 
 def _kill(invocation: Invocation) -> int:
-    from .deadline import call_with_deadline
-    from .drivers.registry import load_hypervisor
-    from .startup import PendingPreflight, StartupError
+    from vmgahp.vm.deadline import call_with_deadline
+    from vmgahp.drivers.registry import load_hypervisor
+    from vmgahp.gahp.startup import PendingPreflight, StartupError
 
     _check_vm_type(invocation.vm_type)
     # The host check runs in every mode, before the mode's action (spec 1.7).
@@ -128,7 +128,7 @@ def _kill(invocation: Invocation) -> int:
 
 
 def _serve(invocation: Invocation, user: object) -> int:
-    from .startup import PendingPreflight, StartupError
+    from vmgahp.gahp.startup import PendingPreflight, StartupError
 
     vm_type = os.environ.get("VMGAHP_VMTYPE", "").strip().lower()
     working_dir = os.environ.get("VMGAHP_WORKING_DIR", "")
@@ -143,10 +143,10 @@ def _serve(invocation: Invocation, user: object) -> int:
     pending = PendingPreflight(vm_type, SERVER_CHECK_DEADLINE, invocation.terminal_log)
     # Check the type and import the daemon while the child reads the configuration.
     _check_vm_type(vm_type)
-    from . import config  # noqa: F401 - pending.settings() needs it; load it now
-    from .daemon import Daemon, warm_up
-    from .drivers.registry import available_types
-    from .session import GahpSession
+    from vmgahp.gahp import config  # noqa: F401 - pending.settings() needs it; load it now
+    from vmgahp.gahp.daemon import Daemon, warm_up
+    from vmgahp.drivers.registry import available_types
+    from vmgahp.protocol.session import GahpSession
 
     settings = pending.settings()
     _apply_log_settings(invocation, settings)
@@ -156,7 +156,7 @@ def _serve(invocation: Invocation, user: object) -> int:
     daemon.write_banner(BANNER)
     # The request machinery is not needed for the banner; the starter's first
     # command waits in the pipe meanwhile.
-    from .runtime import Runtime
+    from vmgahp.vm.runtime import Runtime
 
     daemon.runtime = Runtime(settings, vm_type, user, daemon.report)  # type: ignore[arg-type]
     warm_up(log.get)

@@ -12,13 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from . import errors
-from .access import JobUser, can_access
-from .config import Settings
-from .disks import Disk, DiskListError, parse_disk_list
-from .errors import GahpError
-from .jobad import JobAd
-from .networking import NetworkPlan
+from vmgahp import errors
+from vmgahp.job.access import JobUser, can_access
+from vmgahp.gahp.config import Settings
+from vmgahp.job.disks import Disk, DiskListError, parse_disk_list
+from vmgahp.errors import GahpError
+from vmgahp.job.jobad import JobAd
+from vmgahp.job.networking import NetworkPlan
 
 MIN_MEMORY_MIB = 32  # the C++ raises smaller requests to 32 MiB
 

@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from . import checkpoint, errors, log
-from .checkpoint import fsync_dir, fsync_file, write_atomically
-from .drivers.base import Domain, DomainState, Hypervisor, HypervisorError
-from .errors import GahpError
+from vmgahp.vm import checkpoint
+from vmgahp import errors, log
+from vmgahp.vm.checkpoint import fsync_dir, fsync_file, write_atomically
+from vmgahp.drivers.base import Domain, DomainState, Hypervisor, HypervisorError
+from vmgahp.errors import GahpError
 
 if TYPE_CHECKING:
-    from .job import VmJob  # pydantic: loaded by the first START, not at start-up
+    from vmgahp.job.model import VmJob  # pydantic: loaded by the first START, not at start-up
 
 SAVE_FILE = checkpoint.MEMORY  # the C++ name, kept: admins and scripts know it
 
@@ -235,7 +236,7 @@ class VirtualMachine:
         job = self.job
         if committed:
             # The checkpoint stays whole: the resumed guest writes to new layers.
-            from . import overlays
+            from vmgahp.drivers.libvirt import overlays
 
             job = overlays.prepare(job, tops={d.device: d.path for d in job.disks if overlays.needs_overlay(d)})
         try:
@@ -324,7 +325,7 @@ class VirtualMachine:
         if not self.self_shutdown:
             return
         # The guest ended by itself: the job is done, its checkpoint is stale.
-        from . import overlays
+        from vmgahp.drivers.libvirt import overlays
 
         checkpoint.discard(self.job.working_dir)
         for iso in Path(self.job.working_dir).glob("vmgahp-cdrom*.iso"):
@@ -368,7 +369,7 @@ class VirtualMachine:
         The C++ deletes the whole working directory, HTCondor's own files
         included (Q19); vmgahp deletes only the VM's writable images that live
         there (transferred disks, every overlay layer)."""
-        from . import overlays
+        from vmgahp.drivers.libvirt import overlays
 
         working_dir = Path(self.job.working_dir)
         doomed = [Path(d.path) for d in self.job.disks

@@ -12,7 +12,7 @@ short-lived forked child:
 * the parent imports the daemon while the child works.
 
 The child answers on a pipe with the knob values (plain strings) or an error
-text; the parent turns the knobs into :class:`~vmgahp.config.Settings`.
+text; the parent turns the knobs into :class:`~vmgahp.gahp.config.Settings`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import select
 import signal
 import time
 
-from . import log
+from vmgahp import log
 
 
 class StartupError(Exception):
@@ -39,7 +39,7 @@ def _needs_host_check(vm_type: str, knobs: dict[str, str]) -> bool:
 def _check_host(vm_type: str, knobs: dict[str, str]) -> list[str] | None:
     """Raise StartupError if the host cannot run ``vm_type``; return the
     networking types it really provides (None: not probed)."""
-    from .config import ConfigError, settings_from
+    from vmgahp.gahp.config import ConfigError, settings_from
 
     try:
         settings = settings_from(knobs.get)
@@ -49,8 +49,8 @@ def _check_host(vm_type: str, knobs: dict[str, str]) -> list[str] | None:
         raise StartupError(f"XEN_BOOTLOADER {settings.xen_bootloader!r} is not set or not readable")
     if settings.uri_for(vm_type).startswith("test:"):
         return None
-    from .drivers.base import HostCheckError
-    from .drivers.registry import load_hypervisor
+    from vmgahp.drivers.base import HostCheckError
+    from vmgahp.drivers.registry import load_hypervisor
 
     hypervisor = load_hypervisor(vm_type, settings)
     try:
@@ -74,7 +74,7 @@ def _send(write_fd: int, message: list) -> None:
 def _child_main(vm_type: str | None, write_fd: int, terminal_log: bool) -> None:
     """Two messages: the knobs as soon as they are read, then the verdict."""
     try:
-        from .condor_param import read_knobs
+        from vmgahp.gahp.condor_param import read_knobs
 
         knobs = read_knobs()
         _send(write_fd, ["knobs", knobs])
@@ -149,7 +149,7 @@ class PendingPreflight:
             os.waitpid(self._pid, 0)
 
     def settings(self):  # -> Settings (config is imported here, not before)
-        from .config import ConfigError, settings_from
+        from vmgahp.gahp.config import ConfigError, settings_from
 
         knobs = self.knobs()
         try:

@@ -20,7 +20,7 @@ The image:
   8.3 form (A-Z, 0-9, ``_``; made unique per directory).
 
 Files are read as root but only when the job's owner could read them (mode
-bits, as :mod:`vmgahp.access`), so a job cannot copy host files it has no
+bits, as :mod:`vmgahp.job.access`), so a job cannot copy host files it has no
 right to onto its CD-ROM. Each file is opened only while pycdlib copies its
 bytes, in 1 MiB blocks: memory stays flat for multi-GB files and a tree of
 thousands of files needs one descriptor at a time. A file that vanished,
@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from . import errors, log
-from .access import JobUser, ancestors_searchable, can_access, permits
-from .errors import GahpError
+from vmgahp import errors, log
+from vmgahp.job.access import JobUser, ancestors_searchable, can_access, permits
+from vmgahp.errors import GahpError
 
 if TYPE_CHECKING:
-    from .job import VmJob
+    from vmgahp.job.model import VmJob
 
 ISO_NAME = "vmgahp-cdrom.iso"
 VOLUME_ID = "VMGAHP_JOB"
@@ -93,7 +93,7 @@ def attach_cdrom(job: VmJob, reuse: str | None = None) -> VmJob:
     """
     if not job.cdrom_files:
         return job
-    from .job import Disk, default_cdrom_device  # deferred like the rest of pydantic
+    from vmgahp.job.model import Disk, default_cdrom_device  # deferred like the rest of pydantic
 
     if not os.path.isabs(job.working_dir):
         raise GahpError(errors.CANNOT_CREATE_ISO_FILE, f"working dir {job.working_dir!r} is not an absolute path")

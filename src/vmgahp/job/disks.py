@@ -13,7 +13,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict
 
-from .access import JobUser, can_access
+from vmgahp.job.access import JobUser, can_access
 
 
 class Disk(BaseModel):

@@ -24,14 +24,14 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from . import errors, log
-from .access import JobUser
-from .config import Settings
-from .deadline import DeadlineCall, DeadlineExceeded
-from .drivers.base import Hypervisor, HypervisorError
-from .errors import GahpError
-from .session import Request
-from .vm import CpuUtilization, VirtualMachine
+from vmgahp import errors, log
+from vmgahp.job.access import JobUser
+from vmgahp.gahp.config import Settings
+from vmgahp.vm.deadline import DeadlineCall, DeadlineExceeded
+from vmgahp.drivers.base import Hypervisor, HypervisorError
+from vmgahp.errors import GahpError
+from vmgahp.protocol.session import Request
+from vmgahp.vm.lifecycle import CpuUtilization, VirtualMachine
 
 Report = Callable[[int, bool, str], None]
 HypervisorFactory = Callable[[str, Settings], Hypervisor]
@@ -51,7 +51,7 @@ def _remove_new_vm_files(working_dir: str, before: set[str]) -> None:
 
 
 def _default_factory(vm_type: str, settings: Settings) -> Hypervisor:
-    from .drivers.registry import load_hypervisor
+    from vmgahp.drivers.registry import load_hypervisor
 
     return load_hypervisor(vm_type, settings)
 
@@ -182,8 +182,10 @@ class Runtime:
 
         def warm() -> None:
             try:
-                from . import job, jobad, media, overlays  # noqa: F401
                 import classad2  # noqa: F401
+
+                from vmgahp.job import jobad, model  # noqa: F401
+                from vmgahp.vm import cdrom  # noqa: F401
 
                 self._get_hypervisor().network_plan()
             except Exception as exc:  # START will report it properly
@@ -230,10 +232,11 @@ class Runtime:
         return ""
 
     def _start(self, request: Request) -> VirtualMachine:
-        from . import checkpoint, overlays
-        from .job import build_job  # deferred: pydantic and classad2 load here
-        from .jobad import JobAd
-        from .media import attach_cdrom
+        from vmgahp.vm import checkpoint
+        from vmgahp.drivers.libvirt import overlays
+        from vmgahp.job.model import build_job  # deferred: pydantic and classad2 load here
+        from vmgahp.job.jobad import JobAd
+        from vmgahp.vm.cdrom import attach_cdrom
 
         if request.ad_lines is None:
             raise GahpError(errors.NO_JOBCLASSAD_INFO, "no job ad was sent")

@@ -21,12 +21,12 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from . import log
-from .session import Dispatch, GahpSession, Quit, Request, Send
-from .wire import LineFramer
+from vmgahp import log
+from vmgahp.protocol.session import Dispatch, GahpSession, Quit, Request, Send
+from vmgahp.protocol.wire import LineFramer
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from vmgahp.vm.runtime import Runtime
 
 READ_SIZE = 65536
 _EXIT_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple, Optional, Union
 
-from . import commands, wire
-from .commands import Kind
+from vmgahp.protocol import commands, wire
+from vmgahp.protocol.commands import Kind
 
 # Immutable message types as NamedTuples: dataclasses would cost the banner
 # 10 ms of imports.

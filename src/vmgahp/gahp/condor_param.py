@@ -1,6 +1,6 @@
 """HTCondor's own configuration lookup, loaded as cheaply as possible.
 
-Kept apart from :mod:`vmgahp.config` and free of heavy imports because it runs
+Kept apart from :mod:`vmgahp.gahp.config` and free of heavy imports because it runs
 in the start-up child on the path to the banner: the child reads the knobs
 in :data:`KNOBS` and hands back plain strings.
 """
@@ -33,7 +33,7 @@ def read_knobs(names: tuple[str, ...] = KNOBS) -> dict[str, str]:
     """The knobs that are set, as strings; integer and boolean expressions
     evaluated to literals (an invalid one is left as written: the settings
     layer then warns and uses the default)."""
-    from .condor_syntax import condor_boolean, condor_integer
+    from vmgahp.gahp.condor_syntax import condor_boolean, condor_integer
 
     param = _param_getter()
     values = {}
