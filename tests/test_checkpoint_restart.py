@@ -303,7 +303,7 @@ def test_the_manifest_records_what_the_domain_really_uses(dirs: list[Path], gahp
     assert gahp.call("CONDOR_VM_START", "kvm") == (True, "1")
     assert gahp.call("CONDOR_VM_CHECKPOINT", "1") == (True, "NULL")
     manifest = json.loads((work / "vmgahp-checkpoint.json").read_text())
-    vda = next(d for d in manifest["disks"] if d["device"] == "vda")
+    vda = next(d for d in manifest["driver"]["disks"] if d["device"] == "vda")  # the libvirt driver's record
     assert (vda["role"], vda["file"]) == ("file", "disk.img")
     assert "disk.img" in manifest["files"]
     assert gahp.reply("QUIT") == "S"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmgahp.gahp.condor_syntax import ArgsError, condor_boolean, condor_integer, split_args_v1_raw_or_v2_quoted
+from vmgahp.condor_syntax import ArgsError, condor_boolean, condor_integer, split_args_v1_raw_or_v2_quoted
 
 
 class TestInteger:

@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import libvirt_settings, settings
+from vmgahp.drivers.libvirt.settings import LibvirtSettings
 from vmgahp.gahp.config import ConfigError, Settings, settings_from
-
-
-def settings(**knobs: str) -> Settings:
-    """Settings from a dict-backed getter; VM_MEMORY defaults to 1024 unless given."""
-    knobs.setdefault("VM_MEMORY", "1024")
-    values = {k: v for k, v in knobs.items() if v is not None}
-    return settings_from(values.get)
 
 
 # --------------------------------------------------------------------------- VM_MEMORY
@@ -112,7 +107,12 @@ _BOOL_KNOBS = ("VM_NETWORKING", "VM_HARDWARE_VT", "VM_SOFT_SUSPEND", "XEN_ALLOW_
 
 
 def _flags(s: Settings) -> tuple[bool, ...]:
-    return (s.networking, s.hardware_vt, s.soft_suspend, s.xen_allow_hardware_vt_suspend)
+    xen, _ = LibvirtSettings.from_knobs(s.driver_knobs, "xen")  # a libvirt knob, read by its driver
+    return (s.networking, s.hardware_vt, s.soft_suspend, xen.xen_allow_hardware_vt_suspend)
+
+
+def _warnings(s: Settings) -> list[str]:
+    return [*s.warnings, *LibvirtSettings.from_knobs(s.driver_knobs, "xen")[1]]
 
 
 class TestBooleans:
@@ -129,7 +129,7 @@ class TestBooleans:
         """HTCondor's boolean literals and boolean expressions, for every boolean knob."""
         s = settings(VM_NETWORKING_TYPE="nat", **{name: text for name in _BOOL_KNOBS})
         assert _flags(s) == (value,) * 4
-        assert s.warnings == ()
+        assert _warnings(s) == []
 
     @pytest.mark.parametrize("text", ["yes", "no", "t", "f", "on", "Y", "maybe", "true false"])
     def test_not_booleans_to_htcondor(self, text):
@@ -137,7 +137,7 @@ class TestBooleans:
         default (false) and the gahp says so in its log - it does not stop."""
         s = settings(VM_NETWORKING_TYPE="nat", **{name: text for name in _BOOL_KNOBS})
         assert _flags(s) == (False,) * 4
-        assert len(s.warnings) == 4 and all("not a boolean" in w for w in s.warnings)
+        assert len(_warnings(s)) == 4 and all("not a boolean" in w for w in _warnings(s))
 
     def test_boolean_defaults(self):
         """Boolean knobs default to false."""
@@ -146,30 +146,30 @@ class TestBooleans:
 
 # --------------------------------------------------------------------------- hypervisor knobs (section 9)
 class TestHypervisorKnobs:
+    """The libvirt driver's own knobs (drivers/libvirt/settings.py)."""
+
     def test_defaults(self):
         """Defaults: qemu:///session for KVM, xen:///system for Xen, domain type kvm."""
-        s = settings()
-        assert s.kvm_uri == "qemu:///session"
-        assert s.xen_uri == "xen:///system"
-        assert s.kvm_domain_type == "kvm"
-        assert s.uri_for("kvm") == "qemu:///session"
-        assert s.uri_for("xen") == "xen:///system"
+        assert libvirt_settings("kvm").uri == "qemu:///session"
+        assert libvirt_settings("xen").uri == "xen:///system"
+        assert libvirt_settings("kvm").domain_type == "kvm"
 
     def test_uri_overrides(self):
         """VM_KVM_LIBVIRT_URI and VM_XEN_LIBVIRT_URI replace the defaults."""
-        s = settings(VM_KVM_LIBVIRT_URI="test:///default", VM_XEN_LIBVIRT_URI="xen+ssh://h/system")
-        assert (s.uri_for("kvm"), s.uri_for("xen")) == ("test:///default", "xen+ssh://h/system")
+        knobs = dict(VM_KVM_LIBVIRT_URI="test:///default", VM_XEN_LIBVIRT_URI="xen+ssh://h/system")
+        assert (libvirt_settings("kvm", **knobs).uri, libvirt_settings("xen", **knobs).uri) == (
+            "test:///default", "xen+ssh://h/system")
 
     @pytest.mark.parametrize("value,expected", [("kvm", "kvm"), ("qemu", "qemu"), ("QEMU", "qemu"), (" kvm ", "kvm")])
     def test_domain_type_valid(self, value, expected):
         """VM_KVM_DOMAIN_TYPE accepts kvm or qemu in any case."""
-        assert settings(VM_KVM_DOMAIN_TYPE=value).kvm_domain_type == expected
+        assert libvirt_settings(VM_KVM_DOMAIN_TYPE=value).domain_type == expected
 
     @pytest.mark.parametrize("value", ["xen", "hvf", "kqemu", "tcg", "kvm qemu"])
     def test_domain_type_invalid(self, value):
         """Any VM_KVM_DOMAIN_TYPE other than kvm or qemu is a configuration error."""
         with pytest.raises(ConfigError):
-            settings(VM_KVM_DOMAIN_TYPE=value)
+            libvirt_settings(VM_KVM_DOMAIN_TYPE=value)
 
 
 # --------------------------------------------------------------------------- timeouts
@@ -200,7 +200,7 @@ class TestTimeouts:
     def test_xml_script_args_never_fail_start_up(self, value):
         """LIBVIRT_XML_SCRIPT_ARGS is only parsed at START: no value of it fails here."""
         s = settings(LIBVIRT_XML_SCRIPT_ARGS=value)
-        assert s.xml_script_args == value and s.warnings == ()
+        assert libvirt_settings(LIBVIRT_XML_SCRIPT_ARGS=value).xml_script_args == value and s.warnings == ()
 
 
 # --------------------------------------------------------------------------- the real HTCondor config

@@ -17,7 +17,8 @@ import pytest
 
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
-from vmgahp.job.model import Disk, VmJob, XenBoot
+from vmgahp.drivers.libvirt.job_ad import XenBoot
+from vmgahp.job.model import Disk, VmJob
 
 MAC = "52:54:00:12:34:56"
 
@@ -42,7 +43,7 @@ def xen_job(boot: XenBoot, **overrides: object) -> VmJob:
         working_dir="/tmp/w",
         memory_mib=256,
         disks=(Disk(path="/images/xen.img", device="xvda", permission="w"),),
-        xen=boot,
+        extras=boot,
     )
     fields.update(overrides)
     return VmJob(**fields)  # type: ignore[arg-type]
@@ -323,7 +324,6 @@ def test_hostile_job_ad_strings_reach_the_xml_intact(tmp_path: Path, test_conn: 
     """Quotes, <, &, ', a backslash-n and non-ASCII in every string attribute that
     reaches the domain XML, from the job ad through build_job: the document is
     schema-valid on libvirt's test driver and each value means what the job said."""
-    from vmgahp.gahp.config import Settings
     from vmgahp.job.model import build_job
     from vmgahp.job.jobad import JobAd
     from vmgahp.job.networking import NetworkPlan
@@ -349,7 +349,11 @@ def test_hostile_job_ad_strings_reach_the_xml_intact(tmp_path: Path, test_conn: 
                   f"VMPARAM_Xen_Kernel_Params = {ad_string('console=hvc0 ' + HOSTILE)}"]
     ad = JobAd(lines)
     assert not ad.dropped
-    job = build_job(ad, vm_type, Settings(vm_memory=1024), NetworkPlan(("nat",), "nat"), None)
+    from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
+    from vmgahp.settings import Settings
+
+    job = build_job(ad, Settings(vm_memory=1024), NetworkPlan(("nat",), "nat"), None,
+                    LibvirtHypervisor(Settings(vm_memory=1024), vm_type))
     xml = build_domain_xml(job, domain_type="qemu")
     root = parse(xml)
     assert root.findtext("name") == f"alice {HOSTILE}_example.org_7.0"

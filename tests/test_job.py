@@ -17,6 +17,8 @@ from vmgahp import errors
 from vmgahp.job.access import JobUser, can_access, job_user_from_env
 from vmgahp.gahp.config import Settings
 from vmgahp.errors import GahpError
+from helpers import settings
+from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.job.model import MIN_MEMORY_MIB, VmJob, build_job
 from vmgahp.job.jobad import JobAd
 from vmgahp.job.networking import NetworkPlan
@@ -156,7 +158,12 @@ def build(
     user: JobUser | None = None,
     **attrs: str | None,
 ) -> VmJob:
-    return build_job(JobAd(ad_lines(workdir, vm_type, **attrs)), vm_type, settings, network, user)
+    return build_job(JobAd(ad_lines(workdir, vm_type, **attrs)), settings, network, user, hv(vm_type, settings))
+
+
+def hv(vm_type: str, settings: Settings) -> LibvirtHypervisor:
+    """The driver that reads the VM-type part of the ad (no connection is opened)."""
+    return LibvirtHypervisor(settings, vm_type)
 
 
 def token_of(workdir: Path, vm_type: str = "kvm", **kwargs) -> str:
@@ -186,12 +193,12 @@ class TestKvmValid:
             "",
             True,
         )
-        assert job.xen is None
+        assert job.extras is None
 
     def test_vm_name_recorded_in_ad(self, workdir):
         """On success the gahp assigns VMPARAM_VM_NAME into its copy of the ad."""
         ad = JobAd(ad_lines(workdir))
-        build_job(ad, "kvm", SETTINGS, NO_NET, None)
+        build_job(ad, SETTINGS, NO_NET, None, hv("kvm", SETTINGS))
         assert ad.get_str("VMPARAM_VM_NAME") == "alice_example.org_42.0"
 
     def test_vm_name_every_at_replaced(self, workdir):
@@ -451,11 +458,11 @@ class TestKvmOrder:
     def test_kvm_ignores_xen_attributes(self, workdir):
         """A KVM job is not subject to the Xen kernel checks."""
         job = build(workdir, VMPARAM_Xen_Kernel='"/nonexistent/kernel"')
-        assert job.xen is None
+        assert job.extras is None
 
 
 # =========================================================================== build_job: Xen
-XEN_BOOT = Settings(vm_memory=1024, xen_bootloader="/usr/bin/pygrub")
+XEN_BOOT = settings(XEN_BOOTLOADER="/usr/bin/pygrub")
 XEN_VT = Settings(vm_memory=1024, hardware_vt=True)
 
 
@@ -464,7 +471,7 @@ class TestXen:
         """xen_kernel = included uses the configured XEN_BOOTLOADER."""
         job = build(workdir, "xen", settings=XEN_BOOT)
         assert job.vm_type == "xen"
-        assert (job.xen.mode, job.xen.bootloader) == ("included", "/usr/bin/pygrub")
+        assert (job.extras.mode, job.extras.bootloader) == ("included", "/usr/bin/pygrub")
 
     def test_no_kernel_param(self, workdir):
         """No VMPARAM_Xen_Kernel: XEN_NO_KERNEL_PARAM."""
@@ -482,7 +489,7 @@ class TestXen:
     def test_vmx_with_hardware_vt(self, workdir):
         """xen_kernel = vmx with JobVMHardwareVT (and VM_HARDWARE_VT) is accepted."""
         job = build(workdir, "xen", settings=XEN_VT, VMPARAM_Xen_Kernel='"VMX"', JobVMHardwareVT="true")
-        assert job.xen.mode == "vmx"
+        assert job.extras.mode == "vmx"
 
     def test_kernel_path(self, workdir, shared):
         """A kernel path with initrd, root and params is accepted and recorded."""
@@ -494,7 +501,7 @@ class TestXen:
             VMPARAM_Xen_Root='"/dev/xvda1"',
             VMPARAM_Xen_Kernel_Params='"console=hvc0"',
         )
-        xen = job.xen
+        xen = job.extras
         assert (xen.mode, xen.kernel, xen.initrd, xen.root, xen.kernel_params) == (
             "kernel",
             str(shared / "kernel-5.10"),
@@ -513,7 +520,7 @@ class TestXen:
             VMPARAM_Xen_Initrd='"initrd.img"',
             VMPARAM_Xen_Root='"/dev/xvda"',
         )
-        assert (job.xen.kernel, job.xen.initrd) == (str(workdir / "vmlinuz"), str(workdir / "initrd.img"))
+        assert (job.extras.kernel, job.extras.initrd) == (str(workdir / "vmlinuz"), str(workdir / "initrd.img"))
 
     def test_submit_side_path_not_found_here(self, workdir):
         """A kernel path that does not exist on this machine fails even when a file of

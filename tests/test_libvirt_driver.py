@@ -22,22 +22,29 @@ import libvirt
 import pytest
 
 from vmgahp import errors
-from vmgahp.gahp.config import Settings
-from vmgahp.drivers.base import DomainState, HostCheckError, HypervisorError
+from helpers import TEST_URI, on_test_hypervisor
+from vmgahp.drivers.base import DomainState, HostCheckError, HostError, HypervisorError, JobImageError, SavedState
 from vmgahp.drivers.libvirt import driver as driver_module
-from vmgahp.drivers.libvirt.driver import LibvirtHypervisor, classify_start_error
+from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
+from vmgahp.drivers.libvirt.job_ad import XenBoot
+from vmgahp.drivers.libvirt.start_errors import job_at_fault
 from vmgahp.drivers.libvirt.xml_script import script_input
 from vmgahp.drivers.registry import load_hypervisor
 from vmgahp.errors import GahpError
-from vmgahp.job.model import Disk, VmJob, XenBoot
+from vmgahp.job.model import Disk, VmJob
+from vmgahp.settings import Settings
+from vmgahp.vm.failures import token_for
 
-TEST_URI = "test:///default"
+# Settings fields of earlier releases -> the knobs that set them now.
+_KNOBS = {"kvm_uri": "VM_KVM_LIBVIRT_URI", "xen_uri": "VM_XEN_LIBVIRT_URI", "kvm_domain_type": "VM_KVM_DOMAIN_TYPE",
+          "xml_script": "LIBVIRT_XML_SCRIPT", "xml_script_args": "LIBVIRT_XML_SCRIPT_ARGS",
+          "xen_bootloader": "XEN_BOOTLOADER", "bridge_interface": "VM_NETWORKING_BRIDGE_INTERFACE"}
 
 
 def settings(**overrides: Any) -> Settings:
-    fields: dict[str, Any] = dict(vm_memory=1024, kvm_uri=TEST_URI, xen_uri=TEST_URI, kvm_domain_type="qemu")
-    fields.update(overrides)
-    return Settings(**fields)
+    """Test-hypervisor settings; libvirt options by field name, the rest as Settings fields."""
+    knobs = {_KNOBS[name]: overrides.pop(name) for name in list(overrides) if name in _KNOBS}
+    return replace(on_test_hypervisor(**knobs), **overrides)
 
 
 def make_job(tmp_path: Path, **overrides: Any) -> VmJob:
@@ -119,13 +126,13 @@ def test_full_lifecycle(hv: LibvirtHypervisor, tmp_path: Path) -> None:
         assert domain.info().state is DomainState.RUNNING
         domain.unpause()  # idempotent
 
-        save_file = tmp_path / "xen.mem.ckpt"
-        domain.save(save_file)
-        assert save_file.stat().st_size > 0
+        state = domain.save(tmp_path, "")
+        save_file = tmp_path / state.files[0]
+        assert save_file.name == "xen.mem.ckpt" and save_file.stat().st_size > 0
         assert domain.info().state is DomainState.GONE  # transient: libvirt forgot it
         assert hv.lookup(job.name) is None
 
-        restored = hv.restore(job, save_file)
+        restored = hv.restore(job, state)
         assert restored.name == job.name
         assert restored.info().state is DomainState.RUNNING
 
@@ -154,8 +161,8 @@ def test_save_of_paused_domain_restores_running(hv: LibvirtHypervisor, tmp_path:
     domain = hv.create(job)
     try:
         domain.pause()
-        domain.save(tmp_path / "save")
-        assert hv.restore(job, tmp_path / "save").info().state is DomainState.RUNNING
+        state = domain.save(tmp_path, "")
+        assert hv.restore(job, state).info().state is DomainState.RUNNING
     finally:
         hv.destroy_by_name(job.name)
 
@@ -164,10 +171,10 @@ def test_restore_with_moved_disks_falls_back_when_driver_refuses_xml(hv: Libvirt
     """The test driver refuses a replacement XML (VIR_ERR_ARGUMENT_UNSUPPORTED);
     the restore then goes on with the image's own XML."""
     job = make_job(tmp_path)
-    hv.create(job).save(tmp_path / "save")
+    state = hv.create(job).save(tmp_path, "")
     moved = job.model_copy(update={"disks": (Disk(path="/elsewhere/disk.img", device="vda", permission="w"),)})
     try:
-        assert hv.restore(moved, tmp_path / "save").info().state is DomainState.RUNNING
+        assert hv.restore(moved, state).info().state is DomainState.RUNNING
     finally:
         hv.destroy_by_name(job.name)
 
@@ -175,8 +182,8 @@ def test_restore_with_moved_disks_falls_back_when_driver_refuses_xml(hv: Libvirt
 def test_restore_of_garbage_file_fails(hv: LibvirtHypervisor, tmp_path: Path) -> None:
     bad = tmp_path / "garbage"
     bad.write_bytes(b"not a save image")
-    with pytest.raises(HypervisorError) as info:
-        hv.restore(make_job(tmp_path), bad)
+    with pytest.raises(JobImageError) as info:  # the saved state cannot be restored: the job's
+        hv.restore(make_job(tmp_path), SavedState((bad.name,)))
     assert str(bad) in info.value.message
 
 
@@ -195,7 +202,7 @@ def test_missing_domain(hv: LibvirtHypervisor, tmp_path: Path) -> None:
         domain.pause()
     assert info.value.code == libvirt.VIR_ERR_NO_DOMAIN
     with pytest.raises(HypervisorError):
-        domain.save(tmp_path / "never")
+        domain.save(tmp_path, ".never")
 
 
 def test_destroy_by_name_destroys(hv: LibvirtHypervisor, tmp_path: Path) -> None:
@@ -285,10 +292,10 @@ def test_existing_name_is_left_alone(hv: LibvirtHypervisor, raw_conn, tmp_path: 
     job = make_job(tmp_path)
     hv.create(job)
     try:
-        with pytest.raises(GahpError) as info:
+        with pytest.raises(HostError) as info:
             hv.create(job)
-        assert info.value.token == errors.INTERNAL
-        assert "already exists" in info.value.detail and job.name in info.value.detail
+        assert token_for("CONDOR_VM_START", info.value) == errors.INTERNAL
+        assert "already exists" in info.value.message and job.name in info.value.message
         assert raw_conn.lookupByName(job.name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
     finally:
         hv.destroy_by_name(job.name)
@@ -325,15 +332,14 @@ QEMU_DIED = "internal error: qemu unexpectedly closed the monitor: "
         (libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_FROM_DOMAIN, "XML error: bad MAC address", "raw", "builtin", "BAD"),
     ],
 )
-def test_classify_start_error(tmp_path: Path, code, source, message, image, origin, token) -> None:
+def test_whose_fault_a_start_failure_is(tmp_path: Path, code, source, message, image, origin, token) -> None:
     """By libvirt's error code, then by whether qemu-img can open the job's images (docs/admin.md)."""
     path = tmp_path / "disk.img"
     if image != "missing":
         path.write_bytes(b"\0" * 65536)  # a raw image
     fmt = "qcow2" if image == "raw-as-qcow2" else "raw"
     job = make_job(tmp_path, disks=(Disk(path=str(path), device="vda", permission="w", format=fmt),))
-    expected = errors.BAD_IMAGE if token == "BAD" else errors.INTERNAL
-    assert classify_start_error(code, source, message.format(disk=path), job, origin) == expected
+    assert job_at_fault(code, source, message.format(disk=path), job, origin) is (token == "BAD")
 
 
 @pytest.mark.parametrize(
@@ -353,10 +359,10 @@ def test_start_failure_tokens(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch
         raise libvirt_error(text, libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_QEMU)
 
     monkeypatch.setattr(hv.connection, "get", lambda: FaultyConn(real, createXML=refuse))
-    with pytest.raises(GahpError) as info:
+    with pytest.raises(HypervisorError) as info:
         hv.create(job)
-    assert info.value.token == token
-    assert info.value.detail == text
+    assert token_for("CONDOR_VM_START", info.value) == token
+    assert info.value.message == text
 
 
 def test_real_libvirt_refusal_is_internal(hv: LibvirtHypervisor, tmp_path: Path) -> None:
@@ -366,10 +372,10 @@ def test_real_libvirt_refusal_is_internal(hv: LibvirtHypervisor, tmp_path: Path)
         echo "<domain type='qemu'><name>x</name><os><type>hvm</type></os></domain>"
         """)
     hypervisor = LibvirtHypervisor(settings(xml_script=str(script)), "kvm")
-    with pytest.raises(GahpError) as info:
+    with pytest.raises(HostError) as info:
         hypervisor.create(make_job(tmp_path))
-    assert info.value.token == errors.INTERNAL
-    assert "memory" in info.value.detail.lower()
+    assert token_for("CONDOR_VM_START", info.value) == errors.INTERNAL
+    assert "memory" in info.value.message.lower()
 
 
 def test_start_validate_flag_refused_falls_back(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch) -> None:
@@ -397,7 +403,7 @@ def test_start_validate_flag_refused_falls_back(hv: LibvirtHypervisor, tmp_path:
 
 def test_builtin_xml_failure_is_critical(tmp_path: Path) -> None:
     hypervisor = LibvirtHypervisor(settings(), "xen")
-    job = make_job(tmp_path, vm_type="xen", xen=XenBoot(kernel="included"))  # no bootloader anywhere
+    job = make_job(tmp_path, vm_type="xen", extras=XenBoot(kernel="included"))  # no bootloader anywhere
     with pytest.raises(GahpError) as info:
         hypervisor.create(job)
     assert info.value.token == errors.CRITICAL
@@ -428,7 +434,7 @@ def test_xml_script_output_is_used(tmp_path: Path, raw_conn) -> None:
         assert root.get("type") == "qemu"  # rewritten to VM_KVM_DOMAIN_TYPE
         assert argv_copy.read_text() == "2|/tmp/debug log|-v|"
         fed = stdin_copy.read_text()
-        assert fed == script_input(job, cfg)
+        assert fed == script_input(job, hypervisor.libvirt, cfg.bridge_interface)
         # The job's ad, with the disk list naming the disks as prepared.
         disk = job.disks[0]
         assert fed.startswith('JobVMType = "kvm"\nJobVMMemory = 64\n'
@@ -444,7 +450,7 @@ def test_xml_script_output_is_used(tmp_path: Path, raw_conn) -> None:
 
 def test_script_input_skips_attributes_the_ad_has(tmp_path: Path) -> None:
     job = make_job(tmp_path, ad_text='JobVMNetworkingType = "bridge"\nVMPARAM_Xen_Initrd = "/i"\n')
-    fed = script_input(job, settings())
+    fed = script_input(job, LibvirtHypervisor(settings(), "kvm").libvirt)
     assert fed.count("JobVMNetworkingType") == 1 and fed.count("VMPARAM_Xen_Initrd") == 1
     assert "VMPARAM_Bridge_Interface" not in fed
 
@@ -519,7 +525,7 @@ def test_xen_script_keeps_its_domain_type(tmp_path: Path) -> None:
     boot = tmp_path / "pygrub"
     boot.write_text("")
     hypervisor = LibvirtHypervisor(settings(xml_script=str(script), xen_bootloader=str(boot)), "xen")
-    job = make_job(tmp_path, vm_type="xen", xen=XenBoot(kernel="included", bootloader=str(boot)))
+    job = make_job(tmp_path, vm_type="xen", extras=XenBoot(kernel="included", bootloader=str(boot)))
     xml, origin = hypervisor.domain_xml(job)
     assert origin == "script"
     root = ET.fromstring(xml)
@@ -547,7 +553,7 @@ def test_check_host_needs_kvm_device_for_kvm_type(tmp_path: Path, monkeypatch) -
         LibvirtHypervisor(cfg, "kvm").check_host()
     assert "no-kvm" in str(info.value) and "VM_KVM_DOMAIN_TYPE" in str(info.value)
     # With software emulation the device does not matter (the URI is dead here).
-    dead = replace(cfg, kvm_uri="qemu+unix:///system?socket=/nonexistent", kvm_domain_type="qemu")
+    dead = settings(kvm_uri="qemu+unix:///system?socket=/nonexistent", kvm_domain_type="qemu")
     with pytest.raises(HostCheckError) as info:
         LibvirtHypervisor(dead, "kvm").check_host()
     assert "no-kvm" not in str(info.value)

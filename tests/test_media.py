@@ -450,9 +450,19 @@ def test_disk_full_leaves_nothing_behind(scratch: Path, src: dict[str, bytes]) -
 
 
 def test_cdrom_device_already_used_by_a_disk(scratch: Path, src: dict[str, bytes]) -> None:
+    """The driver refuses a vm_disk on the CD-ROM's device while it reads the ad,
+    with its own token, before any image is built."""
+    from helpers import hypervisor
+    from vmgahp.job.jobad import JobAd
+
     work = workdir(scratch)
-    disks = (Disk(path=str(work / "disk.img"), device="hdc", permission="w"),)
-    expect_error(make_job(work, [scratch / "src" / "input.txt"], disks=disks), errors.KVM_INVALID_DISK_PARAM)
+    (work / "disk.img").write_bytes(b"\0" * 512)
+    ad = JobAd([f'VM_WORKING_DIR = "{work}"', 'VMPARAM_vm_Disk = "disk.img:hdc:w"',
+                f'VMPARAM_CDROM_Files = "{scratch / "src" / "input.txt"}"'])
+    base = make_job(work, [], disks=())
+    with pytest.raises(GahpError) as info:
+        hypervisor("kvm").read_job(ad, base, None)
+    assert info.value.token == errors.KVM_INVALID_DISK_PARAM and "the CD-ROM device" in info.value.detail
     assert leftovers(work) == []
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from vmgahp.gahp.config import Settings
+from helpers import settings
+from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import build_domain_xml
 from vmgahp.job.model import VmJob, build_job
@@ -27,7 +28,8 @@ from vmgahp.job.networking import NetworkPlan
 from vmgahp.run.submit import Identity, Job, SubmitError, build, load
 
 ALICE = Identity("alice", "example.org")
-SETTINGS = Settings(vm_memory=2048, xen_bootloader="/usr/lib/xen/bin/pygrub", hardware_vt=True)
+BOOTLOADER = "/usr/lib/xen/bin/pygrub"
+SETTINGS = settings("xen", VM_MEMORY="2048", XEN_BOOTLOADER=BOOTLOADER, VM_HARDWARE_VT="true")
 
 EVERY_XEN_COMMAND = """\
 universe           = vm
@@ -69,7 +71,7 @@ def on_the_execute_node(tmp_path: Path, job: Job) -> VmJob:
         shutil.copy(item.source, workdir / (item.name or item.source.name))
     ad = JobAd([f'VM_WORKING_DIR = "{workdir}"', *job.ad_lines()])
     assert ad.dropped == []
-    return attach_cdrom(build_job(ad, "xen", SETTINGS, NetworkPlan((), ""), None))
+    return attach_cdrom(build_job(ad, SETTINGS, NetworkPlan((), ""), None, LibvirtHypervisor(SETTINGS, "xen")))
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +118,10 @@ def test_every_xen_command_reaches_the_domain_xml(tmp_path: Path, test_conn) -> 
     vm = on_the_execute_node(tmp_path, job)
     workdir = Path(vm.working_dir)
     assert vm.name == "alice_example.org_1.0"
-    assert vm.xen is not None and vm.xen.mode == "kernel"
+    assert vm.extras is not None and vm.extras.mode == "kernel"
     # Transferred kernel and initrd are used from the scratch dir (spec 4.3).
-    assert (vm.xen.kernel, vm.xen.initrd) == (str(workdir / "vmlinuz"), str(workdir / "initrd.img"))
-    assert (vm.xen.root, vm.xen.kernel_params) == ("/dev/xvda1", "console=hvc0 quiet")
+    assert (vm.extras.kernel, vm.extras.initrd) == (str(workdir / "vmlinuz"), str(workdir / "initrd.img"))
+    assert (vm.extras.root, vm.extras.kernel_params) == ("/dev/xvda1", "console=hvc0 quiet")
     assert [(d.device, d.transferred) for d in vm.disks] == [("xvda", True), ("xvdb", False), ("xvdc", False)]
     assert vm.cdrom_device == "xvdc"
     root = defined(test_conn, vm)
@@ -149,9 +151,9 @@ def test_xen_kernel_included(tmp_path: Path, test_conn) -> None:
     assert job.ad["VMPARAM_Xen_Kernel"] == '"Included"'  # the gahp compares case-insensitively
     assert [i.name for i in job.inputs] == ["root.img"]  # nothing to transfer for the kernel
     vm = on_the_execute_node(tmp_path, job)
-    assert (vm.xen.mode, vm.xen.bootloader) == ("included", SETTINGS.xen_bootloader)
+    assert (vm.extras.mode, vm.extras.bootloader) == ("included", BOOTLOADER)
     root = defined(test_conn, vm)
-    assert root.findtext("bootloader") == SETTINGS.xen_bootloader
+    assert root.findtext("bootloader") == BOOTLOADER
     assert root.findtext("os/cmdline") == "console=hvc0"
 
 
@@ -174,7 +176,7 @@ def test_xen_kernel_vmx_is_hvm(tmp_path: Path, test_conn) -> None:
     assert job.ad["JobVMHardwareVT"] == "true"  # submit sets it for vmx
     assert "VMPARAM_Xen_CDROM_Device" not in job.ad
     vm = on_the_execute_node(tmp_path, job)
-    assert vm.xen.mode == "vmx" and vm.hardware_vt
+    assert vm.extras.mode == "vmx" and vm.hardware_vt
     assert vm.cdrom_device == "hdc"  # the default
     root = defined(test_conn, vm)
     assert root.find("os/type").get("machine") == "xenfv" and root.findtext("os/type") == "hvm"

@@ -39,7 +39,8 @@ import pytest
 
 from vmgahp import errors
 from vmgahp.job.access import JobUser
-from vmgahp.gahp.config import Settings
+from helpers import settings
+from vmgahp.settings import Settings
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
@@ -58,14 +59,9 @@ SHARED_TEXT = "/shared/vm"
 BOOTLOADER = "/usr/lib/xen/bin/pygrub"
 MAC = "00:16:3e:12:34:56"
 
-SETTINGS = Settings(
-    vm_memory=1024,
-    xen_bootloader=BOOTLOADER,
-    hardware_vt=True,
-    networking=True,
-    networking_types=("nat", "bridge", "user"),
-    bridge_interface="xenbr0",
-    xen_uri="test:///default",
+SETTINGS = settings(
+    "xen", XEN_BOOTLOADER=BOOTLOADER, VM_HARDWARE_VT=True, VM_NETWORKING=True, VM_NETWORKING_TYPE="nat, bridge, user",
+    VM_NETWORKING_BRIDGE_INTERFACE="xenbr0", VM_XEN_LIBVIRT_URI="test:///default",
 )
 NAT_BRIDGE = NetworkPlan(("nat", "bridge"), "nat")
 NO_NET = NetworkPlan((), "")
@@ -119,7 +115,7 @@ def ad(workdir: Path, **attrs: str | None) -> JobAd:
 
 def job_for(workdir: Path, settings: Settings = SETTINGS, network: NetworkPlan = NO_NET,
             user: JobUser | None = None, **attrs: str | None) -> VmJob:
-    return build_job(ad(workdir, **attrs), "xen", settings, network, user)
+    return build_job(ad(workdir, **attrs), settings, network, user, LibvirtHypervisor(settings, "xen"))
 
 
 def token_of(workdir: Path, **kwargs) -> str:
@@ -361,17 +357,17 @@ def test_user_networking_never_reaches_xen_xml(dirs) -> None:
 
 # ----------------------------------------------------------- the Xen rules
 def test_user_networking_is_not_offered_for_xen() -> None:
-    plan = plan_networking(SETTINGS, "xen", user_supported=True)
-    assert plan.types == ("nat", "bridge") and plan.default == "nat"
-    kvm = plan_networking(SETTINGS, "kvm", user_supported=True)
-    assert "user" in kvm.types
     hypervisor = LibvirtHypervisor(SETTINGS, "xen")
+    plan = plan_networking(SETTINGS, user_supported=hypervisor._user_supported())
+    assert plan.types == ("nat", "bridge") and plan.default == "nat"
+    kvm = plan_networking(SETTINGS, user_supported=True)
+    assert "user" in kvm.types
     assert hypervisor.network_plan().types == ("nat", "bridge")
 
 
 def test_user_networking_job_is_mismatched(dirs) -> None:
     workdir, _ = dirs
-    plan = plan_networking(SETTINGS, "xen", user_supported=True)
+    plan = LibvirtHypervisor(SETTINGS, "xen").network_plan()
     token = token_of(workdir, network=plan, JobVMNetworking="true", JobVMNetworkingType='"user"')
     assert token == errors.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE
 
@@ -379,13 +375,13 @@ def test_user_networking_job_is_mismatched(dirs) -> None:
 def test_included_without_bootloader_is_critical(dirs) -> None:
     """Unreachable over the wire (start-up needs XEN_BOOTLOADER, spec 1.7/9), so checked here."""
     workdir, _ = dirs
-    assert token_of(workdir, settings=Settings(vm_memory=1024)) == errors.CRITICAL
+    assert token_of(workdir, settings=settings("xen")) == errors.CRITICAL
 
 
 def test_vmx_needs_job_hardware_vt(dirs) -> None:
     workdir, _ = dirs
     assert token_of(workdir, VMPARAM_Xen_Kernel='"vmx"') == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
-    off = Settings(vm_memory=1024, xen_bootloader=BOOTLOADER)
+    off = settings("xen", XEN_BOOTLOADER=BOOTLOADER)
     token = token_of(workdir, settings=off, VMPARAM_Xen_Kernel='"vmx"', JobVMHardwareVT="true")
     assert token == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
 
@@ -411,7 +407,7 @@ def test_unreadable_kernel_and_initrd(dirs) -> None:
         workdir, user=user, VMPARAM_Xen_Kernel=f'"{kernel}"', VMPARAM_Xen_Initrd='"initrd.img"',
         VMPARAM_Xen_Root='"/dev/xvda1"',
     )
-    assert (job.xen.kernel, job.xen.initrd) == (str(kernel), str(workdir / "initrd.img"))
+    assert (job.extras.kernel, job.extras.initrd) == (str(kernel), str(workdir / "initrd.img"))
 
 
 def test_kernel_and_initrd_checked_as_written(dirs) -> None:
@@ -429,7 +425,7 @@ def test_kernel_and_initrd_checked_as_written(dirs) -> None:
     assert token == errors.XEN_INITRD_NOT_FOUND
     # A path that exists here and names a transferred file: the transferred copy is used.
     job = job_for(workdir, VMPARAM_Xen_Kernel=f'"{shared}/vmlinuz-shared"', VMPARAM_Xen_Root='"/dev/xvda1"')
-    assert job.xen.kernel == str(shared / "vmlinuz-shared")
+    assert job.extras.kernel == str(shared / "vmlinuz-shared")
 
 
 def test_checkpoint_needs_shared_disks(dirs) -> None:
@@ -441,11 +437,11 @@ def test_checkpoint_needs_shared_disks(dirs) -> None:
 
 def test_cdrom_device_clash_is_an_invalid_xen_disk(dirs) -> None:
     workdir, _ = dirs
-    job = job_for(workdir, VMPARAM_CDROM_Files=f'"{workdir}/cdrom/job.sh"', VMPARAM_Xen_CDROM_Device='"XVDA"')
-    assert job.cdrom_device == "xvda"  # lower-cased
+    # The driver checks the clash while it reads the ad (the device lower-cased).
     with pytest.raises(GahpError) as info:
-        attach_cdrom(job)
+        job_for(workdir, VMPARAM_CDROM_Files=f'"{workdir}/cdrom/job.sh"', VMPARAM_Xen_CDROM_Device='"XVDA"')
     assert info.value.token == errors.XEN_INVALID_DISK_PARAM
+    assert "uses xvda, the CD-ROM device" in info.value.detail
 
 
 # ---------------------------------------------------- every token over the wire

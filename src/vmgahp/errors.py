@@ -1,72 +1,25 @@
-"""The VMGAHP_ERR_* token set and the two error families.
+"""vmgahp's exceptions share one base, :class:`VmgahpError`.
 
-The tokens are a contract: condor_starter holds or requeues a job by matching
-them literally (spec 3.13 and 6.3), so they are kept byte for byte.
-
-* ``ProtocolError`` is a malformed command line; it becomes an immediate ``E``.
 * ``GahpError`` is a failed VM operation; it becomes ``<id> 1 <token>``. Its
-  ``detail`` is for the log only, never for the wire.
+  ``detail`` is for the log only, never for the wire. The tokens and what they
+  mean are :mod:`vmgahp.protocol.tokens`.
+* Below the VM layer, drivers raise :class:`vmgahp.drivers.base.HypervisorError`
+  and its kinds; one place (:mod:`vmgahp.vm.failures`) turns them into tokens.
+* Configuration, start-up, usage and submit-file errors are ``VmgahpError``s
+  too, each where it is raised.
 """
 
 from __future__ import annotations
 
-VM_NOT_FOUND = "VMGAHP_ERR_VM_NOT_FOUND"
-INTERNAL = "VMGAHP_ERR_INTERNAL"
-VM_INVALID_OPERATION = "VMGAHP_ERR_VM_INVALID_OPERATION"
-CRITICAL = "VMGAHP_ERR_CRITICAL"
-NO_JOBCLASSAD_INFO = "VMGAHP_ERR_NO_JOBCLASSAD_INFO"
-NO_SUPPORTED_VM_TYPE = "VMGAHP_ERR_NO_SUPPORTED_VM_TYPE"
-BAD_IMAGE = "VMGAHP_ERR_BAD_IMAGE"
-VM_CANNOT_CREATE_CKPT_FILES = "VMGAHP_ERR_VM_CANNOT_CREATE_CKPT_FILES"
-VM_NO_SUPPORT_CHECKPOINT = "VMGAHP_ERR_VM_NO_SUPPORT_CHECKPOINT"
-VM_INVALID_SUSPEND_FILE = "VMGAHP_ERR_VM_INVALID_SUSPEND_FILE"
-VM_NO_SUPPORT_SUSPEND = "VMGAHP_ERR_VM_NO_SUPPORT_SUSPEND"
-CANNOT_CREATE_ISO_FILE = "VMGAHP_ERR_CANNOT_CREATE_ISO_FILE"
-CANNOT_READ_CDROM_FILE = "VMGAHP_ERR_CANNOT_READ_CDROM_FILE"
-VM_NOT_ENOUGH_MEMORY = "VMGAHP_ERR_VM_NOT_ENOUGH_MEMORY"
-
-JOBCLASSAD_NO_VM_MEMORY_PARAM = "VMGAHP_ERR_JOBCLASSAD_NO_VM_MEMORY_PARAM"
-JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST = "VMGAHP_ERR_JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST"
-JOBCLASSAD_MISMATCHED_NETWORKING = "VMGAHP_ERR_JOBCLASSAD_MISMATCHED_NETWORKING"
-JOBCLASSAD_MISMATCHED_NETWORKING_TYPE = "VMGAHP_ERR_JOBCLASSAD_MISMATCHED_NETWORKING_TYPE"
-JOBCLASSAD_MISMATCHED_HARDWARE_VT = "VMGAHP_ERR_JOBCLASSAD_MISMATCHED_HARDWARE_VT"
-
-XEN_NO_KERNEL_PARAM = "VMGAHP_ERR_JOBCLASSAD_XEN_NO_KERNEL_PARAM"
-XEN_NO_ROOT_DEVICE_PARAM = "VMGAHP_ERR_JOBCLASSAD_XEN_NO_ROOT_DEVICE_PARAM"
-XEN_NO_DISK_PARAM = "VMGAHP_ERR_JOBCLASSAD_XEN_NO_DISK_PARAM"
-XEN_INVALID_DISK_PARAM = "VMGAHP_ERR_JOBCLASSAD_XEN_INVALID_DISK_PARAM"
-XEN_KERNEL_NOT_FOUND = "VMGAHP_ERR_JOBCLASSAD_XEN_KERNEL_NOT_FOUND"
-XEN_INITRD_NOT_FOUND = "VMGAHP_ERR_JOBCLASSAD_XEN_INITRD_NOT_FOUND"
-XEN_MISMATCHED_CHECKPOINT = "VMGAHP_ERR_JOBCLASSAD_XEN_MISMATCHED_CHECKPOINT"
-
-KVM_NO_DISK_PARAM = "VMGAHP_ERR_JOBCLASSAD_KVM_NO_DISK_PARAM"
-KVM_INVALID_DISK_PARAM = "VMGAHP_ERR_JOBCLASSAD_KVM_INVALID_DISK_PARAM"
-KVM_MISMATCHED_CHECKPOINT = "VMGAHP_ERR_JOBCLASSAD_KVM_MISMATCHED_CHECKPOINT"
-
-# The starter's "user error" list (vm_proc.cpp): these put the job on hold
-# with the index as subcode; every other token requeues the job.
-HOLD_TOKENS = (
-    JOBCLASSAD_NO_VM_MEMORY_PARAM,
-    XEN_NO_KERNEL_PARAM,
-    JOBCLASSAD_MISMATCHED_HARDWARE_VT,
-    XEN_KERNEL_NOT_FOUND,
-    XEN_INITRD_NOT_FOUND,
-    XEN_NO_ROOT_DEVICE_PARAM,
-    XEN_NO_DISK_PARAM,
-    XEN_INVALID_DISK_PARAM,
-    XEN_MISMATCHED_CHECKPOINT,
-    KVM_NO_DISK_PARAM,
-    KVM_INVALID_DISK_PARAM,
-    KVM_MISMATCHED_CHECKPOINT,
-    BAD_IMAGE,
-)
+from vmgahp.protocol.tokens import *  # noqa: F403 - the token constants, for older call sites
+from vmgahp.protocol.tokens import HOLD_TOKENS  # noqa: F401
 
 
-class ProtocolError(Exception):
-    """A command line that is malformed: unknown command, arity, bad ids."""
+class VmgahpError(Exception):
+    """Every error vmgahp raises on purpose."""
 
 
-class GahpError(Exception):
+class GahpError(VmgahpError):
     """A VM operation failed with a wire token and a log-only detail."""
 
     def __init__(self, token: str, detail: str = "") -> None:

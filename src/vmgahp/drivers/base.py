@@ -1,41 +1,52 @@
-"""The driver contract: what a hypervisor backend must provide.
+"""The driver contract: everything a hypervisor backend provides, and nothing more.
 
-A backend is a :class:`Hypervisor` (one per VM type, owns the connection) that
-creates :class:`Domain` objects (one per running VM). The lifecycle rules of
-the GAHP - which state allows which command, which token a failure carries -
-live once in :mod:`vmgahp.vm`, above this layer; drivers only provide
-primitives and raise :class:`~vmgahp.errors.GahpError` or
-:class:`HypervisorError` when a primitive fails.
+A backend is a package under ``drivers/`` that declares itself to the
+registry and implements a :class:`Hypervisor` (one per gahp, owns the
+connection) which creates :class:`Domain` objects (one per running VM). All
+knowledge of a VM type lives behind this contract:
 
-Every method may block; the runtime calls them off the command loop, under a
-deadline.
+* its knobs and host check (``check_host``), and its networking plan;
+* the VM-type part of the job ad (``read_job``: disks, kernels, VMX files...),
+  checked in the C++ order with the tokens of its own family;
+* how disks are prepared (``prepare``: libvirt's qcow2 overlays) and what
+  becomes of them when the guest ends (``finish``);
+* what a saved state is (:class:`SavedState`: files the driver writes into the
+  working directory plus a record of its own) and how it restores;
+* what it can do for a given job (:class:`Capability` - callers read it).
+
+The lifecycle rules of the GAHP - which state allows which command, which
+token a failure carries - live once in :mod:`vmgahp.vm`. Drivers report
+failures as :class:`HypervisorError` kinds; :mod:`vmgahp.vm.failures` turns
+them into tokens. Every method may block; the runtime calls them off the
+command loop, under a deadline. :mod:`vmgahp.drivers.fake` is an in-memory
+implementation that documents these semantics by example.
 """
 
 from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
+
+from vmgahp.errors import VmgahpError
 
 if TYPE_CHECKING:
-    from vmgahp.gahp.config import Settings
+    from vmgahp.job.access import JobUser
+    from vmgahp.job.jobad import JobAd
     from vmgahp.job.model import VmJob
     from vmgahp.job.networking import NetworkPlan
+    from vmgahp.settings import Settings
 
 
 class Capability(enum.Flag):
-    """What a backend can do, declared by each driver (``Hypervisor.capabilities``).
-
-    SUPPORT_VMS comes from the registry (is the backend's library installed?)
-    and the probe's networking types from ``network_plan``; these flags say
-    what a driver offers at all, for callers that must choose (none yet)."""
+    """What a backend can do for a job; ``vm/`` reads these instead of VM types."""
 
     NONE = 0
     PAUSE = enum.auto()  # soft suspend: RAM kept, CPUs stopped
-    SAVE = enum.auto()  # hard suspend: memory state written to a file
-    CHECKPOINT = enum.auto()  # save + restore on another host
+    SAVE = enum.auto()  # hard suspend: the state written to the working dir
+    CHECKPOINT = enum.auto()  # a saved state restores in another working dir / host
     NETWORK_NAT = enum.auto()
     NETWORK_BRIDGE = enum.auto()
     NETWORK_USER = enum.auto()
@@ -55,21 +66,29 @@ class DomainInfo:
     memory_kib: int = 0
     max_memory_kib: int = 0
     vcpus: int = 1
+    mac: str = ""  # when the hypervisor knows them (the starter reads MAC= and IP=)
+    ip: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class AttachedDisk:
-    """A disk as the running VM really uses it (read back from the hypervisor)."""
+@dataclass(frozen=True)
+class SavedState:
+    """A VM's saved state: files in the working directory and the driver's record.
 
-    device: str
-    path: str
-    format: str = ""
-    readonly: bool = False
-    cdrom: bool = False
+    ``files`` are the names (in the working directory) of the files the save
+    wrote - the first is the main state, opened by ``restore`` -, ``keeps``
+    those it relies on that were there already (libvirt: the overlay layers the
+    save froze); ``record`` is JSON-able data only the driver reads back. The VM
+    layer hashes all of them into the checkpoint manifest.
+    """
+
+    files: tuple[str, ...]
+    keeps: tuple[str, ...] = ()
+    record: Mapping[str, Any] = field(default_factory=dict)
 
 
-class HypervisorError(Exception):
-    """A hypervisor call failed; ``message`` is the hypervisor's own text."""
+class HypervisorError(VmgahpError):
+    """A hypervisor operation failed; ``message`` is the hypervisor's own text.
+    The kind says whose fault it is (the job is held only for the job's own)."""
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -77,7 +96,15 @@ class HypervisorError(Exception):
         self.code = code
 
 
-class HostCheckError(Exception):
+class HostError(HypervisorError):
+    """The host or the hypervisor failed (connection, internal error, resources)."""
+
+
+class JobImageError(HypervisorError):
+    """The job's own image, description or saved state is at fault."""
+
+
+class HostCheckError(VmgahpError):
     """This host cannot run the VM type (start-up check, exit 1)."""
 
 
@@ -97,8 +124,11 @@ class Domain(ABC):
     def unpause(self) -> None: ...
 
     @abstractmethod
-    def save(self, path: Path) -> None:
-        """Write the memory state to ``path``; the VM stops running."""
+    def save(self, working_dir: Path, suffix: str) -> SavedState:
+        """Save the VM's state; it stops running. Every file this writes is named
+        ``<name><suffix>`` in ``working_dir`` (the VM layer renames them into
+        place once the checkpoint is complete); the returned state names them
+        without the suffix. On failure nothing with the suffix is left."""
 
     @abstractmethod
     def shutdown(self, grace_seconds: float) -> None:
@@ -112,15 +142,6 @@ class Domain(ABC):
         """The host process of the VM, 0 when unknown (the C++ always says 0)."""
         return 0
 
-    def describe(self) -> str:
-        """The hypervisor's own description of the VM (libvirt: domain XML)."""
-        return ""
-
-    def disks(self, description: str = "") -> list[AttachedDisk]:
-        """The file-backed disks the VM really uses, from ``description`` (as
-        :meth:`describe` returned it) or from the hypervisor now."""
-        return []
-
 
 class Hypervisor(ABC):
     """A connection to one kind of hypervisor, shared by every VM of the gahp."""
@@ -132,6 +153,10 @@ class Hypervisor(ABC):
         self.settings = settings
         self.vm_type = vm_type
 
+    def capabilities_for(self, job: VmJob) -> Capability:
+        """What this backend can do for ``job`` (e.g. not save a Xen HVM guest)."""
+        return self.capabilities
+
     @abstractmethod
     def check_host(self) -> None:
         """Raise HostCheckError if this host cannot run ``vm_type`` at all."""
@@ -141,12 +166,38 @@ class Hypervisor(ABC):
         """The configured networking types this host can provide (spec 4.6)."""
 
     @abstractmethod
+    def read_job(self, ad: JobAd, job: VmJob, user: JobUser | None) -> VmJob:
+        """The VM-type part of START's checks, after the common ones, in the C++
+        order: return ``job`` with its disks and type-specific settings, or
+        raise GahpError with this type's token."""
+
+    def prepare(self, job: VmJob, restored: SavedState | None, avoid: frozenset[str] = frozenset()) -> VmJob:
+        """The job with its disks as the VM will open them (libvirt: overlays),
+        over the layers a restored state left when there is one. Never writes a
+        file that is already in the working directory, and never builds on
+        ``avoid`` (the files of another job's checkpoint found there)."""
+        return job
+
+    def adopt_legacy_state(self, job: VmJob, manifest: dict[str, Any]) -> SavedState | None:
+        """A checkpoint manifest of an older format this backend wrote, as a state."""
+        return None
+
+    def finish(self, job: VmJob, output: bool = True) -> None:
+        """The guest ended by itself: leave its disks as the job's output, or
+        (``output`` false: ``vm_no_output_vm``) remove the files made for them."""
+
+    def restore_mismatch(self, job: VmJob, state: SavedState) -> str:
+        """Why ``job`` cannot restore ``state`` (another job's disks...), "" if it can."""
+        return ""
+
+    @abstractmethod
     def create(self, job: VmJob) -> Domain:
         """Build the VM description from ``job`` and start it."""
 
     @abstractmethod
-    def restore(self, job: VmJob, path: Path) -> Domain:
-        """Start the VM again from a memory state written by Domain.save."""
+    def restore(self, job: VmJob, state: SavedState) -> Domain:
+        """Start the VM again from a state :meth:`Domain.save` wrote (perhaps in
+        another working directory, on another host); it comes back running."""
 
     @abstractmethod
     def lookup(self, name: str) -> Domain | None:

@@ -8,6 +8,8 @@ keywords match by prefix, as in the C++.
 
 from __future__ import annotations
 
+from vmgahp.errors import VmgahpError
+
 TEST, IO, WORKER, STANDALONE, KILL = 0, 1, 2, 3, 4
 
 # DaemonCore flags that take a value, and those that do not.
@@ -27,7 +29,7 @@ USAGE = """Usage: vmgahp -f [-t] -M <mode> [vmtype <type>] [match <name>]
 Also: vmgahp run JOB.sub [--output DIR] [--resume DIR]"""
 
 
-class UsageError(Exception):
+class UsageError(VmgahpError):
     """Bad argv: print usage, exit 1."""
 
 

@@ -9,43 +9,38 @@ from __future__ import annotations
 
 import os
 
-# Every knob vmgahp reads (config.settings_from asks for no other). The gahp
-# never reads VM_MAX_NUMBER: the startd evaluates it.
-KNOBS = (
-    "VM_MEMORY", "VM_NETWORKING", "VM_NETWORKING_TYPE",
-    "VM_NETWORKING_DEFAULT_TYPE", "VM_NETWORKING_BRIDGE_INTERFACE", "VM_HARDWARE_VT",
-    "VM_SOFT_SUSPEND", "VM_GAHP_LOG", "VM_GAHP_DEBUG", "VM_GAHP_REQ_TIMEOUT",
-    "VM_GAHP_CALL_TIMEOUT", "VM_GAHP_SHUTDOWN_TIMEOUT", "VM_GAHP_WORKERS",
-    "LIBVIRT_XML_SCRIPT", "LIBVIRT_XML_SCRIPT_ARGS", "XEN_BOOTLOADER",
-    "XEN_ALLOW_HARDWARE_VT_SUSPEND", "VM_KVM_LIBVIRT_URI", "VM_XEN_LIBVIRT_URI",
-    "VM_KVM_DOMAIN_TYPE", "VM_SNAPSHOT_DISK",
+# The knobs every VM type shares (the gahp never reads VM_MAX_NUMBER: the
+# startd evaluates it); each driver declares its own (drivers.registry).
+CORE_KNOBS = (
+    ("VM_MEMORY", "integer"), ("VM_NETWORKING", "boolean"), ("VM_NETWORKING_TYPE", "string"),
+    ("VM_NETWORKING_DEFAULT_TYPE", "string"), ("VM_NETWORKING_BRIDGE_INTERFACE", "string"),
+    ("VM_HARDWARE_VT", "boolean"), ("VM_SOFT_SUSPEND", "boolean"), ("VM_GAHP_LOG", "string"),
+    ("VM_GAHP_DEBUG", "string"), ("VM_GAHP_REQ_TIMEOUT", "integer"), ("VM_GAHP_CALL_TIMEOUT", "integer"),
+    ("VM_GAHP_SHUTDOWN_TIMEOUT", "integer"), ("VM_GAHP_WORKERS", "integer"),
 )
-# Read with param_integer / param_boolean semantics: an expression is
-# evaluated here, in the start-up child, so the gahp itself never loads the
-# ClassAd library for its configuration.
-INTEGER_KNOBS = frozenset({"VM_MEMORY", "VM_GAHP_REQ_TIMEOUT", "VM_GAHP_CALL_TIMEOUT",
-                           "VM_GAHP_SHUTDOWN_TIMEOUT", "VM_GAHP_WORKERS"})
-BOOLEAN_KNOBS = frozenset({"VM_NETWORKING", "VM_HARDWARE_VT", "VM_SOFT_SUSPEND",
-                           "XEN_ALLOW_HARDWARE_VT_SUSPEND", "VM_SNAPSHOT_DISK"})
 
 
-def read_knobs(names: tuple[str, ...] = KNOBS) -> dict[str, str]:
-    """The knobs that are set, as strings; integer and boolean expressions
-    evaluated to literals (an invalid one is left as written: the settings
-    layer then warns and uses the default)."""
-    from vmgahp.gahp.condor_syntax import condor_boolean, condor_integer
+def read_knobs(vm_type: str | None = None) -> dict[str, str]:
+    """The shared knobs and ``vm_type``'s own that are set, as strings. Integer
+    and boolean expressions are evaluated here, in the start-up child, with
+    param_integer / param_boolean semantics, so the gahp itself never loads
+    the ClassAd library for its configuration; an invalid one is left as
+    written and the settings layer warns and uses the default."""
+    from vmgahp.condor_syntax import condor_boolean, condor_integer
+    from vmgahp.drivers.registry import knobs_for
 
+    knobs = list(CORE_KNOBS) + [(k.name, k.kind) for k in (knobs_for(vm_type) if vm_type else ())]
     param = _param_getter()
     values = {}
-    for name in names:
+    for name, kind in knobs:
         value = param(name)
         if value is None:
             continue
         text = str(value)
-        if name in INTEGER_KNOBS:
+        if kind == "integer":
             number = condor_integer(text)
             text = text if number is None else str(number)
-        elif name in BOOLEAN_KNOBS:
+        elif kind == "boolean":
             flag = condor_boolean(text)
             text = text if flag is None else ("true" if flag else "false")
         values[name] = text

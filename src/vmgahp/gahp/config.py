@@ -8,49 +8,13 @@ start-up; the gahp never re-reads its configuration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
-from vmgahp.gahp.condor_syntax import condor_boolean, condor_integer
+from vmgahp.settings import DEFAULT_REQ_TIMEOUT, ConfigError, KnobReader, Settings
 
-DEFAULT_KVM_URI = "qemu:///session"  # what the C++ gahp hard-codes
-DEFAULT_XEN_URI = "xen:///system"
-DEFAULT_REQ_TIMEOUT = 300
+__all__ = ["ConfigError", "Settings", "load_settings", "parse_type_list", "settings_from"]
+
 NETWORKING_TYPES = ("nat", "bridge", "user")
-
-
-class ConfigError(Exception):
-    """A knob has a value the gahp cannot run with (exit 1 at start-up)."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    vm_memory: int  # MiB; the largest VM this gahp may start
-    networking: bool = False
-    networking_types: tuple[str, ...] = ()
-    networking_default_type: str = ""
-    bridge_interface: str = ""
-    hardware_vt: bool = False
-    soft_suspend: bool = False
-    log_path: str = ""
-    log_debug: bool = False
-    req_timeout: int = DEFAULT_REQ_TIMEOUT
-    call_timeout: float = DEFAULT_REQ_TIMEOUT - 30.0
-    shutdown_timeout: float = 30.0
-    workers: int = 4
-    xml_script: str = ""
-    xml_script_args: str = ""  # HTCondor argument syntax, parsed at START (xml_script.script_argv)
-    xen_bootloader: str = ""
-    xen_allow_hardware_vt_suspend: bool = False
-    kvm_uri: str = DEFAULT_KVM_URI
-    xen_uri: str = DEFAULT_XEN_URI
-    kvm_domain_type: str = "kvm"
-    snapshot_disk_default: bool = False
-    # Knobs whose value HTCondor would reject, each with what was used instead.
-    warnings: tuple[str, ...] = field(default=(), compare=False)
-
-    def uri_for(self, vm_type: str) -> str:
-        return self.xen_uri if vm_type == "xen" else self.kvm_uri
 
 
 def _strip_quotes(value: str) -> str:
@@ -69,47 +33,15 @@ def parse_type_list(value: str | None) -> tuple[str, ...]:
     return tuple(seen)
 
 
-class _Reader:
-    """param_integer / param_boolean over a knob lookup: an invalid value
-    falls back to the default with a warning, as HTCondor logs and does."""
-
-    def __init__(self, get: Callable[[str], str | None]) -> None:
-        self.get = get
-        self.warnings: list[str] = []
-
-    def integer(self, name: str, default: int) -> int:
-        raw = self.get(name)
-        if raw is None or not raw.strip():
-            return default
-        value = condor_integer(raw)
-        if value is None:
-            self.warnings.append(f"{name} = {raw!r} is not an integer expression; using {default}")
-            return default
-        return value
-
-    def boolean(self, name: str, default: bool = False) -> bool:
-        raw = self.get(name)
-        if raw is None or not raw.strip():
-            return default
-        value = condor_boolean(raw)
-        if value is None:
-            self.warnings.append(f"{name} = {raw!r} is not a boolean (true/false); using {default}")
-            return default
-        return value
-
-    def string(self, name: str, default: str = "") -> str:
-        return (self.get(name) or default).strip()
-
-
-def settings_from(get: Callable[[str], str | None]) -> Settings:
-    """Build Settings from any knob lookup (``htcondor2.param.get`` in production).
+def settings_from(get: Callable[[str], str | None], driver_knobs: Iterable[str] = ()) -> Settings:
+    """Build Settings from any knob lookup (``htcondor2.param.get`` in production);
+    ``driver_knobs`` names the VM type's own knobs, kept for its driver.
 
     Only what the gahp cannot run without fails here: ``VM_MEMORY`` (the C++
-    exits 1 without it) and ``VM_KVM_DOMAIN_TYPE`` (the host check depends on
-    it). Every other bad value is a warning and its default; a knob that only
-    START reads (``LIBVIRT_XML_SCRIPT_ARGS``) is not parsed here at all.
+    exits 1 without it). Every other bad value is a warning and its default;
+    the driver's knobs are the driver's to judge (at its host check).
     """
-    read = _Reader(get)
+    read = KnobReader(get)
     vm_memory = read.integer("VM_MEMORY", 0)
     if vm_memory <= 0:
         raise ConfigError(f"VM_MEMORY must be an integer expression > 0 (got {get('VM_MEMORY')!r})")
@@ -120,13 +52,11 @@ def settings_from(get: Callable[[str], str | None]) -> Settings:
     # Our own deadline on hypervisor calls must expire before the starter's
     # request timeout does, so the starter sees a token and not a timeout.
     call_default = max(5, req_timeout - 30)
-    domain_type = read.string("VM_KVM_DOMAIN_TYPE", "kvm").lower()
-    if domain_type not in ("kvm", "qemu"):
-        raise ConfigError(f"VM_KVM_DOMAIN_TYPE must be kvm or qemu (got {domain_type!r})")
     debug = read.string("VM_GAHP_DEBUG").upper()
     call_timeout = read.integer("VM_GAHP_CALL_TIMEOUT", call_default)
     shutdown_timeout = read.integer("VM_GAHP_SHUTDOWN_TIMEOUT", 30)
     workers = read.integer("VM_GAHP_WORKERS", 4)
+    knobs = {name: value for name in driver_knobs if (value := get(name)) is not None}
 
     return Settings(
         vm_memory=vm_memory,
@@ -142,20 +72,15 @@ def settings_from(get: Callable[[str], str | None]) -> Settings:
         call_timeout=float(max(1, call_timeout)),
         shutdown_timeout=float(max(0, shutdown_timeout)),
         workers=max(1, workers),
-        xml_script=read.string("LIBVIRT_XML_SCRIPT"),
-        xml_script_args=get("LIBVIRT_XML_SCRIPT_ARGS") or "",
-        xen_bootloader=_strip_quotes(get("XEN_BOOTLOADER") or ""),
-        xen_allow_hardware_vt_suspend=read.boolean("XEN_ALLOW_HARDWARE_VT_SUSPEND"),
-        kvm_uri=read.string("VM_KVM_LIBVIRT_URI", DEFAULT_KVM_URI) or DEFAULT_KVM_URI,
-        xen_uri=read.string("VM_XEN_LIBVIRT_URI", DEFAULT_XEN_URI) or DEFAULT_XEN_URI,
-        kvm_domain_type=domain_type,
-        snapshot_disk_default=read.boolean("VM_SNAPSHOT_DISK"),
+        driver_knobs=knobs,
         warnings=tuple(read.warnings),
     )
 
 
-def load_settings() -> Settings:
+def load_settings(vm_type: str = "kvm") -> Settings:
     """Read the HTCondor configuration of this process (CONDOR_CONFIG + env)."""
+    from vmgahp.drivers.registry import knobs_for
     from vmgahp.gahp.condor_param import read_knobs
 
-    return settings_from(read_knobs().get)
+    names = [knob.name for knob in knobs_for(vm_type)]
+    return settings_from(read_knobs(vm_type).get, names)

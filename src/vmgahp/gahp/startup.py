@@ -17,6 +17,8 @@ text; the parent turns the knobs into :class:`~vmgahp.gahp.config.Settings`.
 
 from __future__ import annotations
 
+from vmgahp.errors import VmgahpError
+
 import os
 import select
 import signal
@@ -25,34 +27,32 @@ import time
 from vmgahp import log
 
 
-class StartupError(Exception):
+class StartupError(VmgahpError):
     """A start-up check failed: log it, print nothing on stdout, exit 1."""
 
 
-def _needs_host_check(vm_type: str, knobs: dict[str, str]) -> bool:
-    if vm_type == "xen":
-        return True  # XEN_BOOTLOADER is checked whatever the URI (spec 9)
-    uri = knobs.get("VM_KVM_LIBVIRT_URI", "")
-    return not uri.strip().startswith("test:")  # the test hypervisor: no host
-
-
-def _check_host(vm_type: str, knobs: dict[str, str]) -> list[str] | None:
-    """Raise StartupError if the host cannot run ``vm_type``; return the
-    networking types it really provides (None: not probed)."""
+def _settings(vm_type: str | None, knobs: dict[str, str]):  # -> Settings
+    from vmgahp.drivers.registry import knobs_for
     from vmgahp.gahp.config import ConfigError, settings_from
 
     try:
-        settings = settings_from(knobs.get)
+        return settings_from(knobs.get, [k.name for k in knobs_for(vm_type)] if vm_type else ())
     except ConfigError as exc:
         raise StartupError(str(exc)) from exc
-    if vm_type == "xen" and not (settings.xen_bootloader and os.access(settings.xen_bootloader, os.R_OK)):
-        raise StartupError(f"XEN_BOOTLOADER {settings.xen_bootloader!r} is not set or not readable")
-    if settings.uri_for(vm_type).startswith("test:"):
-        return None
+
+
+def _check_host(vm_type: str, knobs: dict[str, str]) -> list[str]:
+    """Raise StartupError if the host cannot run ``vm_type``; return the
+    networking types it really provides. What to check is the driver's
+    business (a test hypervisor has no host to check)."""
     from vmgahp.drivers.base import HostCheckError
     from vmgahp.drivers.registry import load_hypervisor
+    from vmgahp.settings import ConfigError
 
-    hypervisor = load_hypervisor(vm_type, settings)
+    try:
+        hypervisor = load_hypervisor(vm_type, _settings(vm_type, knobs))
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from exc
     try:
         hypervisor.check_host()
         return list(hypervisor.network_plan().types)
@@ -76,13 +76,11 @@ def _child_main(vm_type: str | None, write_fd: int, terminal_log: bool) -> None:
     try:
         from vmgahp.gahp.condor_param import read_knobs
 
-        knobs = read_knobs()
+        knobs = read_knobs(vm_type)
         _send(write_fd, ["knobs", knobs])
         log.setup(path=knobs.get("VM_GAHP_LOG", ""), terminal=terminal_log)
-        if vm_type is not None and _needs_host_check(vm_type, knobs):
-            types = _check_host(vm_type, knobs)
-            if types is not None:
-                _send(write_fd, ["network", types])
+        if vm_type is not None:
+            _send(write_fd, ["network", _check_host(vm_type, knobs)])
         verdict = ["ok", ""]
     except StartupError as exc:
         verdict = ["error", str(exc)]
@@ -149,13 +147,7 @@ class PendingPreflight:
             os.waitpid(self._pid, 0)
 
     def settings(self):  # -> Settings (config is imported here, not before)
-        from vmgahp.gahp.config import ConfigError, settings_from
-
-        knobs = self.knobs()
-        try:
-            return settings_from(knobs.get)
-        except ConfigError as exc:
-            raise StartupError(str(exc)) from exc
+        return _settings(self.vm_type, self.knobs())
 
 
 class _LineReader:

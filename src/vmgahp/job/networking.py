@@ -2,7 +2,7 @@
 
 The configured ``VM_NETWORKING_TYPE`` list is filtered by what the host can
 really provide: ``bridge`` needs ``VM_NETWORKING_BRIDGE_INTERFACE``; ``user``
-is KVM-only and needs a backend the hypervisor supports. The default type
+needs a backend the hypervisor supports (the driver says: KVM has one, Xen none). The default type
 falls back to ``user`` when it survived, else ``nat`` (the C++ rule).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from vmgahp.gahp.config import Settings
+from vmgahp.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,6 @@ class NetworkPlan:
 
 def plan_networking(
     settings: Settings,
-    vm_type: str,
     user_supported: bool,
     host_provides: Callable[[str], bool] = lambda _type: True,
 ) -> NetworkPlan:
@@ -38,7 +37,7 @@ def plan_networking(
     types = [t for t in settings.networking_types if t in ("nat", "bridge", "user")]
     if not settings.bridge_interface and "bridge" in types:
         types.remove("bridge")
-    if "user" in types and not (vm_type == "kvm" and user_supported):
+    if "user" in types and not user_supported:
         types.remove("user")
     types = [t for t in types if host_provides(t)]
     if not types:

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from vmgahp.gahp.condor_syntax import condor_boolean
+from vmgahp.condor_syntax import condor_boolean
 
 if TYPE_CHECKING:
     from vmgahp.run.submit import Context

@@ -42,14 +42,16 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from vmgahp import errors, log
-from vmgahp.job.access import JobUser, ancestors_searchable, can_access, permits
+from vmgahp import log
 from vmgahp.errors import GahpError
+from vmgahp.job.access import JobUser, ancestors_searchable, can_access, permits
+from vmgahp.job.model import CDROM_IMAGE as ISO_NAME
+from vmgahp.job.model import Disk
+from vmgahp.protocol import tokens
 
 if TYPE_CHECKING:
     from vmgahp.job.model import VmJob
 
-ISO_NAME = "vmgahp-cdrom.iso"
 VOLUME_ID = "VMGAHP_JOB"
 COPY_BLOCK = 1 << 20
 JOLIET_MAX_BYTES = 64  # pycdlib's limit, in UTF-8 bytes (the standard says 64 UCS-2 units)
@@ -93,18 +95,14 @@ def attach_cdrom(job: VmJob, reuse: str | None = None) -> VmJob:
     """
     if not job.cdrom_files:
         return job
-    from vmgahp.job.model import Disk, default_cdrom_device  # deferred like the rest of pydantic
-
     if not os.path.isabs(job.working_dir):
-        raise GahpError(errors.CANNOT_CREATE_ISO_FILE, f"working dir {job.working_dir!r} is not an absolute path")
-    device = job.cdrom_device or default_cdrom_device(job.xen)
+        raise GahpError(tokens.CANNOT_CREATE_ISO_FILE, f"working dir {job.working_dir!r} is not an absolute path")
+    device = job.cdrom_device  # the driver's choice (spec: hdc, or xvdc for a Xen PV guest)
     if reuse:
-        _check_device(job, device, reuse)
         log.get().info("cdrom_reused", path=reuse, device=device)
         disk = Disk(path=reuse, device=device, permission="r", format="raw")
         return job.model_copy(update={"disks": job.disks + (disk,)})
     iso_path = _free_name(job.working_dir)
-    _check_device(job, device, iso_path)
     user = None
     if job.owner_uid is not None:
         user = JobUser(job.owner_uid, job.owner_gid if job.owner_gid is not None else job.owner_uid)
@@ -112,7 +110,7 @@ def attach_cdrom(job: VmJob, reuse: str | None = None) -> VmJob:
     try:
         roots = _collect(job.cdrom_files, user)
     except _Unreadable as exc:
-        raise GahpError(errors.CANNOT_READ_CDROM_FILE, str(exc)) from exc
+        raise GahpError(tokens.CANNOT_READ_CDROM_FILE, str(exc)) from exc
     _assign_names(roots, "", "")
     files, size = _build(roots, iso_path, job, user)
     log.get().info(
@@ -132,28 +130,17 @@ def _free_name(working_dir: str) -> str:
     return path
 
 
-def _check_device(job: VmJob, device: str, iso_path: str) -> None:
-    # Two disks on one target make libvirt fail with a message the starter
-    # never sees; say which job setting clashes instead.
-    invalid = errors.XEN_INVALID_DISK_PARAM if job.vm_type == "xen" else errors.KVM_INVALID_DISK_PARAM
-    for disk in job.disks:
-        if disk.device == device:
-            raise GahpError(invalid, f"vm_disk {disk.path} uses {disk.device}, the CD-ROM device")
-        if os.path.abspath(disk.path) == os.path.abspath(iso_path):
-            raise GahpError(invalid, f"vm_disk {disk.path} is the CD-ROM image vmgahp builds")
-
-
 # ---------------------------------------------------------------- collecting
 def _collect(paths: tuple[str, ...], user: JobUser | None) -> list[_Node]:
     by_name: dict[str, str] = {}
     for path in paths:
         name = os.path.basename(os.path.normpath(path))
         if not name or name in (".", ".."):
-            raise GahpError(errors.CANNOT_CREATE_ISO_FILE, f"CD-ROM file {path!r} has no base name")
+            raise GahpError(tokens.CANNOT_CREATE_ISO_FILE, f"CD-ROM file {path!r} has no base name")
         if name in by_name:
             # Both would land at the ISO root under the same name.
             raise GahpError(
-                errors.CANNOT_CREATE_ISO_FILE,
+                tokens.CANNOT_CREATE_ISO_FILE,
                 f"CD-ROM files {by_name[name]!r} and {path!r} have the same base name {name!r}",
             )
         by_name[name] = path
@@ -192,7 +179,7 @@ def _ident(st: os.stat_result) -> tuple[int, int, int]:
 
 def _dir_node(path: str, name: str, st: os.stat_result, user: JobUser | None, depth: int) -> _Node:
     if depth > MAX_DEPTH:
-        raise GahpError(errors.CANNOT_CREATE_ISO_FILE, f"CD-ROM directory {path} is nested deeper than {MAX_DEPTH}")
+        raise GahpError(tokens.CANNOT_CREATE_ISO_FILE, f"CD-ROM directory {path} is nested deeper than {MAX_DEPTH}")
     if not _readable(st, user, directory=True, path=path):
         raise _Unreadable(f"CD-ROM directory {path} is not readable by the job user")
     node = _Node(source=path, name=name, kind="dir", mode=st.st_mode, ident=_ident(st))
@@ -449,9 +436,9 @@ def _build(roots: list[_Node], iso_path: str, job: VmJob, user: JobUser | None) 
         _sync_dir(job.working_dir)
         return len(sources), size
     except _Unreadable as exc:
-        raise GahpError(errors.CANNOT_READ_CDROM_FILE, str(exc)) from exc
+        raise GahpError(tokens.CANNOT_READ_CDROM_FILE, str(exc)) from exc
     except (PyCdlibException, OSError) as exc:
-        raise GahpError(errors.CANNOT_CREATE_ISO_FILE, f"cannot build {iso_path}: {exc}") from exc
+        raise GahpError(tokens.CANNOT_CREATE_ISO_FILE, f"cannot build {iso_path}: {exc}") from exc
     finally:
         if tmp:
             with contextlib.suppress(OSError):

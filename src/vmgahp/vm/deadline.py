@@ -9,6 +9,8 @@ after its START was given up is destroyed instead of orphaned.
 
 from __future__ import annotations
 
+from vmgahp.errors import VmgahpError
+
 import contextvars
 import threading
 from typing import Any, Callable, Generic, TypeVar
@@ -20,7 +22,7 @@ LateHandler = Callable[[Any, BaseException | None], None]
 MAX_HUNG_CALLS = 32  # abandoned calls still running; beyond this none is started
 
 
-class DeadlineExceeded(Exception):
+class DeadlineExceeded(VmgahpError):
     """The call did not finish within its deadline."""
 
 

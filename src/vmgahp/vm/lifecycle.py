@@ -22,19 +22,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from vmgahp.vm import checkpoint
-from vmgahp import errors, log
-from vmgahp.vm.checkpoint import fsync_dir, fsync_file, write_atomically
-from vmgahp.drivers.base import Domain, DomainState, Hypervisor, HypervisorError
+from vmgahp import log
+from vmgahp.drivers.base import Capability, Domain, DomainState, Hypervisor, HypervisorError, SavedState
 from vmgahp.errors import GahpError
+from vmgahp.job.workdir import fsync_dir, give_to, write_atomically
+from vmgahp.protocol import tokens
+from vmgahp.vm import checkpoint
+from vmgahp.vm.failures import as_gahp_error
 
 if TYPE_CHECKING:
     from vmgahp.job.model import VmJob  # pydantic: loaded by the first START, not at start-up
 
-SAVE_FILE = checkpoint.MEMORY  # the C++ name, kept: admins and scripts know it
-
-
 _SAVING = frozenset({"CONDOR_VM_SUSPEND", "CONDOR_VM_CHECKPOINT"})
+STAGED = ".partial"  # a save writes its files under this suffix until they are committed
 
 
 class VmState(enum.Enum):
@@ -71,10 +71,6 @@ class CpuUtilization:
         return utilization
 
 
-def _hypervisor_error(token: str, action: str, exc: Exception) -> GahpError:
-    return GahpError(token, f"{action} failed: {exc}")
-
-
 class VirtualMachine:
     def __init__(
         self,
@@ -94,15 +90,15 @@ class VirtualMachine:
         self.soft_suspended = False
         self.self_shutdown = False
         self.busy: str | None = None
-        self.description = ""  # the domain XML as of the last save (for checkpoints)
+        self.saved: SavedState | None = None  # the state of the last save, while SUSPENDED
 
     @property
     def name(self) -> str:
         return self.job.name
 
     @property
-    def save_file(self) -> Path:
-        return Path(self.job.working_dir) / SAVE_FILE
+    def caps(self) -> Capability:
+        return self.hypervisor.capabilities_for(self.job)
 
     @property
     def timestamp_file(self) -> Path:
@@ -141,7 +137,7 @@ class VirtualMachine:
         try:
             info = self.domain.info()
         except HypervisorError as exc:
-            raise _hypervisor_error(errors.INTERNAL, "domain lookup", exc) from exc
+            raise as_gahp_error("CONDOR_VM_STATUS", exc, "domain lookup") from exc
         if info.state is DomainState.RUNNING:
             utilization = self._cpu.sample(info.cpu_time_ns, info.vcpus)
             words = [
@@ -176,11 +172,13 @@ class VirtualMachine:
         if self.soft_suspended:
             return
         if self.state is not VmState.RUNNING:
-            raise GahpError(errors.VM_INVALID_OPERATION, f"soft suspend of a {self.state.value} VM")
+            raise GahpError(tokens.VM_INVALID_OPERATION, f"soft suspend of a {self.state.value} VM")
+        if Capability.PAUSE not in self.caps:
+            self.suspend()  # the C++ falls back to a hard suspend when pausing fails
+            return
         try:
             self.domain.pause()
         except HypervisorError as exc:
-            # The C++ falls back to a hard suspend when pausing fails.
             log.get().warning("pause_failed", detail=str(exc), fallback="hard suspend")
             self.suspend()
             return
@@ -190,36 +188,45 @@ class VirtualMachine:
         if self.state is VmState.SUSPENDED:
             return
         if self.state is not VmState.RUNNING:
-            raise GahpError(errors.VM_INVALID_OPERATION, f"suspend of a {self.state.value} VM")
-        self._check_xen_hvm_suspend(errors.VM_NO_SUPPORT_SUSPEND)
-        partial, _disks = self._save_memory()
+            raise GahpError(tokens.VM_INVALID_OPERATION, f"suspend of a {self.state.value} VM")
+        if Capability.SAVE not in self.caps:
+            raise GahpError(tokens.VM_NO_SUPPORT_SUSPEND, "this VM cannot be saved "
+                            "(Xen HVM guests need XEN_ALLOW_HARDWARE_VT_SUSPEND)")
+        state = self._save("CONDOR_VM_SUSPEND")
         try:
-            os.replace(partial, self.save_file)
-            fsync_dir(self.save_file.parent)
+            self._commit(state)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise _hypervisor_error(errors.INTERNAL, "save", exc) from exc
-        # A checkpoint that named the memory file is superseded by this save.
+            self._unstage(state)
+            raise GahpError(tokens.INTERNAL, f"save: {exc}") from exc
+        # A checkpoint that named those files is superseded by this save.
         (Path(self.job.working_dir) / checkpoint.MANIFEST).unlink(missing_ok=True)
-        self._chown_to_owner(self.save_file)
+        self.saved = state
         self._set(VmState.SUSPENDED)
 
-    def _save_memory(self) -> tuple[Path, list]:
-        """Save the VM's memory to ``xen.mem.ckpt.partial`` (synced); return it
-        and the disks the domain was using. The VM is no longer running."""
+    def _save(self, command: str) -> SavedState:
+        """Save the VM's state into the working dir under the staging suffix.
+        The VM is no longer running; nothing is staged if the save fails."""
         if self.soft_suspended:
             self._unpause()
-        partial = self.save_file.with_name(self.save_file.name + ".partial")
         try:
-            self.description = self.domain.describe()
-            disks = self.domain.disks(self.description)
-            partial.unlink(missing_ok=True)
-            self.domain.save(partial)
-            fsync_file(partial)
-        except (HypervisorError, OSError) as exc:
-            partial.unlink(missing_ok=True)
-            raise _hypervisor_error(errors.INTERNAL, "save", exc) from exc
-        return partial, disks
+            return self.domain.save(Path(self.job.working_dir), STAGED)
+        except HypervisorError as exc:
+            self._recover_after_failed_save()
+            raise as_gahp_error(command, exc, "save") from exc
+
+    def _commit(self, state: SavedState) -> None:
+        """Rename the staged files into place and hand them to the job user."""
+        working_dir = Path(self.job.working_dir)
+        for name in state.files:
+            staged = working_dir / (name + STAGED)
+            if staged.exists():
+                os.replace(staged, working_dir / name)
+            give_to(working_dir / name, self.job.owner_uid, self.job.owner_gid)
+        fsync_dir(working_dir)
+
+    def _unstage(self, state: SavedState) -> None:
+        for name in state.files:
+            (Path(self.job.working_dir) / (name + STAGED)).unlink(missing_ok=True)
 
     def resume(self) -> None:
         if self.soft_suspended:
@@ -227,60 +234,57 @@ class VirtualMachine:
             return
         if self.state is VmState.RUNNING:
             return
-        if self.state is not VmState.SUSPENDED:
-            raise GahpError(errors.VM_INVALID_OPERATION, f"resume of a {self.state.value} VM")
-        save_file = self.save_file
-        if not os.access(save_file, os.R_OK):
-            raise GahpError(errors.VM_INVALID_SUSPEND_FILE, f"cannot read {save_file}")
+        if self.state is not VmState.SUSPENDED or self.saved is None:
+            raise GahpError(tokens.VM_INVALID_OPERATION, f"resume of a {self.state.value} VM")
+        state = self.saved
+        for name in state.files:
+            if not os.access(Path(self.job.working_dir) / name, os.R_OK):
+                raise GahpError(tokens.VM_INVALID_SUSPEND_FILE, f"cannot read {name}")
         committed = (Path(self.job.working_dir) / checkpoint.MANIFEST).exists()
-        job = self.job
-        if committed:
-            # The checkpoint stays whole: the resumed guest writes to new layers.
-            from vmgahp.drivers.libvirt import overlays
-
-            job = overlays.prepare(job, tops={d.device: d.path for d in job.disks if overlays.needs_overlay(d)})
+        # A checkpoint stays whole: the resumed guest writes to new layers.
+        job = self.hypervisor.prepare(self.job, state) if committed else self.job
         try:
-            self.domain = self.hypervisor.restore(job, save_file)
+            self.domain = self.hypervisor.restore(job, state)
         except HypervisorError as exc:
-            raise _hypervisor_error(errors.INTERNAL, "restore", exc) from exc
-        self.job = job
+            raise as_gahp_error("CONDOR_VM_RESUME", exc, "restore") from exc
+        self.job, self.saved = job, None
         if not committed:
-            save_file.unlink(missing_ok=True)  # as the C++ does after a resume
+            for name in state.files:  # as the C++ unlinks its save file after a resume
+                (Path(self.job.working_dir) / name).unlink(missing_ok=True)
         self._set(VmState.RUNNING)
 
     def checkpoint(self) -> None:
         if self.state is VmState.STOPPED:
-            raise GahpError(errors.VM_INVALID_OPERATION, "checkpoint of a stopped VM")
+            raise GahpError(tokens.VM_INVALID_OPERATION, "checkpoint of a stopped VM")
         if not self.job.checkpoint:
-            raise GahpError(errors.VM_NO_SUPPORT_CHECKPOINT, "the job did not ask for vm_checkpoint")
-        self._check_xen_hvm_suspend(errors.VM_NO_SUPPORT_CHECKPOINT)
+            raise GahpError(tokens.VM_NO_SUPPORT_CHECKPOINT, "the job did not ask for vm_checkpoint")
+        if Capability.CHECKPOINT not in self.caps:
+            raise GahpError(tokens.VM_NO_SUPPORT_CHECKPOINT, "this VM's state cannot be checkpointed "
+                            "(Xen HVM guests need XEN_ALLOW_HARDWARE_VT_SUSPEND)")
         working_dir = Path(self.job.working_dir)
         manifest = working_dir / checkpoint.MANIFEST
-        staged = working_dir / (checkpoint.MANIFEST + ".next")
+        staged_manifest = working_dir / (checkpoint.MANIFEST + ".next")
+        fresh = self.state is VmState.RUNNING
+        state = self._save("CONDOR_VM_CHECKPOINT") if fresh else self.saved
+        assert state is not None  # SUSPENDED always has its saved state
         try:
-            if self.state is VmState.RUNNING:
-                memory, disks = self._save_memory()
-            else:  # saved by an earlier SUSPEND: that save is the state
-                memory, disks = self.save_file, self.domain.disks(self.description)
-            # Both the memory state and the manifest are complete on disk
-            # before either replaces anything: a full filesystem or an
-            # eviction midway leaves the previous checkpoint as it was.
-            checkpoint.write_manifest(self.job, memory, checkpoint.sha256_of(memory), disks,
-                                      self.description, target=staged)
-            if memory != self.save_file:
-                os.replace(memory, self.save_file)
-            os.replace(staged, manifest)
+            # The state and the manifest are complete on disk before either
+            # replaces anything: a full filesystem or an eviction midway
+            # leaves the previous checkpoint as it was.
+            checkpoint.write_manifest(self.job, state, STAGED if fresh else "", staged_manifest)
+            self._commit(state)
+            os.replace(staged_manifest, manifest)
             fsync_dir(working_dir)
             write_atomically(self.timestamp_file, f"{int(time.time())}\n".encode())
-            for path in (self.save_file, self.timestamp_file, manifest):
-                self._chown_to_owner(path)
+            for path in (self.timestamp_file, manifest):
+                give_to(path, self.job.owner_uid, self.job.owner_gid)
         except (GahpError, OSError, ValueError) as exc:
-            staged.unlink(missing_ok=True)
-            if self.state is VmState.RUNNING:
-                with contextlib.suppress(OSError):
-                    (working_dir / (checkpoint.MEMORY + ".partial")).unlink()
+            staged_manifest.unlink(missing_ok=True)
+            if fresh:
+                self._unstage(state)
                 self._recover_after_failed_save()
-            raise GahpError(errors.VM_CANNOT_CREATE_CKPT_FILES, f"checkpoint: {exc}") from exc
+            raise GahpError(tokens.VM_CANNOT_CREATE_CKPT_FILES, f"checkpoint: {exc}") from exc
+        self.saved = state
         self._set(VmState.SUSPENDED)
 
     def _recover_after_failed_save(self) -> None:
@@ -312,7 +316,7 @@ class VirtualMachine:
                 self.domain.destroy()
             except HypervisorError:
                 pass
-            raise _hypervisor_error(errors.INTERNAL, "shutdown", exc) from exc
+            raise as_gahp_error("CONDOR_VM_STOP", exc, "shutdown") from exc
         finally:
             self._set(VmState.STOPPED)
             self.release()
@@ -325,15 +329,13 @@ class VirtualMachine:
         if not self.self_shutdown:
             return
         # The guest ended by itself: the job is done, its checkpoint is stale.
-        from vmgahp.drivers.libvirt import overlays
-
         checkpoint.discard(self.job.working_dir)
         for iso in Path(self.job.working_dir).glob("vmgahp-cdrom*.iso"):
             iso.unlink(missing_ok=True)
         if self.job.no_output_vm:
             self._drop_vm_output()
         else:
-            overlays.commit_down(self.job)
+            self.hypervisor.finish(self.job)
 
     def destroy(self) -> None:
         """Used at QUIT, EOF and SIGTERM: the VM must not outlive the gahp."""
@@ -347,36 +349,19 @@ class VirtualMachine:
         try:
             self.domain.unpause()
         except HypervisorError as exc:
-            raise _hypervisor_error(errors.INTERNAL, "unpause", exc) from exc
+            raise as_gahp_error("unpause", exc, "unpause") from exc
         self._set(VmState.RUNNING, soft=False)
-
-    def _check_xen_hvm_suspend(self, token: str) -> None:
-        xen = self.job.xen
-        if xen is not None and xen.mode == "vmx" and not self.hypervisor.settings.xen_allow_hardware_vt_suspend:
-            raise GahpError(token, "Xen HVM guests need XEN_ALLOW_HARDWARE_VT_SUSPEND")
-
-    def _chown_to_owner(self, path: Path) -> None:
-        if self.job.owner_uid is None or os.geteuid() != 0:
-            return
-        try:
-            os.chown(path, self.job.owner_uid, self.job.owner_gid or self.job.owner_uid)
-        except OSError as exc:
-            log.get().warning("chown_failed", path=str(path), detail=str(exc))
 
     def _drop_vm_output(self) -> None:
         """``vm_no_output_vm``: the job wants none of the VM's files back.
 
         The C++ deletes the whole working directory, HTCondor's own files
         included (Q19); vmgahp deletes only the VM's writable images that live
-        there (transferred disks, every overlay layer)."""
-        from vmgahp.drivers.libvirt import overlays
-
+        there (transferred disks, and what the driver made for them)."""
         working_dir = Path(self.job.working_dir)
-        doomed = [Path(d.path) for d in self.job.disks
-                  if Path(d.path).parent == working_dir and (d.writable or d.is_cdrom)]
         for disk in self.job.disks:
-            doomed += overlays.generations(self.job.working_dir, disk.device).values()
-        for path in doomed:
-            if path.exists():
+            path = Path(disk.path)
+            if path.parent == working_dir and (disk.writable or disk.is_cdrom) and path.exists():
                 path.unlink()
                 log.get().info("output_dropped", path=path.name, detail="vm_no_output_vm")
+        self.hypervisor.finish(self.job, output=False)

@@ -17,37 +17,36 @@ feeds to the session.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from vmgahp import errors, log
-from vmgahp.job.access import JobUser
-from vmgahp.gahp.config import Settings
-from vmgahp.vm.deadline import DeadlineCall, DeadlineExceeded
-from vmgahp.drivers.base import Hypervisor, HypervisorError
+from vmgahp import log
+from vmgahp.drivers.base import Hypervisor
 from vmgahp.errors import GahpError
+from vmgahp.job.access import JobUser
+from vmgahp.protocol import tokens
 from vmgahp.protocol.session import Request
+from vmgahp.settings import Settings
+from vmgahp.vm.deadline import DeadlineCall, DeadlineExceeded
 from vmgahp.vm.lifecycle import CpuUtilization, VirtualMachine
 
 Report = Callable[[int, bool, str], None]
 HypervisorFactory = Callable[[str, Settings], Hypervisor]
 
 READ_ONLY = frozenset({"CONDOR_VM_STATUS", "CONDOR_VM_GETPID"})
+# The commands that change a VM's state, each one VirtualMachine transition
+# (STOP also forgets the VM; START, STATUS and GETPID are answered above them).
+TRANSITIONS: dict[str, Callable[[VirtualMachine], None]] = {
+    "CONDOR_VM_SUSPEND": VirtualMachine.suspend,
+    "CONDOR_VM_SOFT_SUSPEND": VirtualMachine.soft_suspend,
+    "CONDOR_VM_RESUME": VirtualMachine.resume,
+    "CONDOR_VM_CHECKPOINT": VirtualMachine.checkpoint,
+}
 CLEANUP_DEADLINE = 15.0
 MAX_BACKLOG = 64  # unfinished requests; the starter never has more than a few
-
-
-def _remove_new_vm_files(working_dir: str, before: set[str]) -> None:
-    """A START that failed leaves the working dir as it found it: the overlay
-    layers and CD-ROM image it made are removed (never a file that was there)."""
-    with contextlib.suppress(OSError):
-        for name in set(os.listdir(working_dir)) - before:
-            if name.startswith(("vmgahp-overlay-", "vmgahp-cdrom")):
-                os.unlink(os.path.join(working_dir, name))
 
 
 def _default_factory(vm_type: str, settings: Settings) -> Hypervisor:
@@ -99,9 +98,9 @@ class Runtime:
                 self._accepted[request.request_id] = accepted
         if overloaded:
             with log.bound(req_id=request.request_id, command=request.command):
-                log.get().error("request_refused", token=errors.INTERNAL,
+                log.get().error("request_refused", token=tokens.INTERNAL,
                                 detail=f"{MAX_BACKLOG} requests are still unfinished (or the gahp is ending)")
-            self._report(request.request_id, False, errors.INTERNAL)
+            self._report(request.request_id, False, tokens.INTERNAL)
             return
         if request.command == "CONDOR_VM_START" or request.command in READ_ONLY:
             self._pool.submit(self._execute, request)
@@ -130,7 +129,7 @@ class Runtime:
         ids: dict[str, Any] = {"req_id": request.request_id}
         if request.command != "CONDOR_VM_START":
             ids["vm_id"] = request.vm_id
-        ok, text = False, errors.INTERNAL
+        ok, text = False, tokens.INTERNAL
         try:
             with log.bound(**ids, command=request.command):
                 ok, text = self._run(request)
@@ -138,8 +137,8 @@ class Runtime:
                     log.get().info("request_done", result=text or "NULL")
         except BaseException:  # noqa: BLE001 - a bug must not lose the answer
             with contextlib.suppress(Exception):
-                log.get().exception("request_crashed", req_id=request.request_id, token=errors.INTERNAL)
-            ok, text = False, errors.INTERNAL
+                log.get().exception("request_crashed", req_id=request.request_id, token=tokens.INTERNAL)
+            ok, text = False, tokens.INTERNAL
         finally:
             with self._lock:
                 self._backlog -= 1
@@ -152,22 +151,22 @@ class Runtime:
             accepted = self._accepted.get(request.request_id, time.monotonic())
         timeout = accepted + self.settings.call_timeout - time.monotonic()
         if timeout <= 0:
-            logger.error("request_timed_out", token=errors.INTERNAL,
+            logger.error("request_timed_out", token=tokens.INTERNAL,
                          detail=f"waited {self.settings.call_timeout:g} s for a worker (the hypervisor is slow or hung)")
-            return False, errors.INTERNAL
+            return False, tokens.INTERNAL
         is_start = request.command == "CONDOR_VM_START"
         try:
             call = DeadlineCall(lambda: self._operate(request), name=f"vmgahp-req-{request.request_id}")
             outcome = call.wait(timeout, on_late=self._destroy_late_vm if is_start else None)
         except DeadlineExceeded as exc:
-            logger.error("request_timed_out", token=errors.INTERNAL, detail=str(exc))
-            return False, errors.INTERNAL
+            logger.error("request_timed_out", token=tokens.INTERNAL, detail=str(exc))
+            return False, tokens.INTERNAL
         except GahpError as exc:
             logger.warning("request_failed", token=exc.token, detail=exc.detail)
             return False, exc.token
         except Exception as exc:  # a bug or an unexpected library error
-            logger.exception("request_crashed", token=errors.INTERNAL, detail=repr(exc))
-            return False, errors.INTERNAL
+            logger.exception("request_crashed", token=tokens.INTERNAL, detail=repr(exc))
+            return False, tokens.INTERNAL
         if isinstance(outcome, VirtualMachine):
             return self._register(outcome)
         return True, outcome
@@ -208,7 +207,7 @@ class Runtime:
             # An unknown VM is a success (spec 3.10): it lets a vacate finish.
             return vm.status() if vm is not None else "STATUS=Stopped"
         if vm is None:
-            raise GahpError(errors.VM_NOT_FOUND, f"no VM with id {request.vm_id}")
+            raise GahpError(tokens.VM_NOT_FOUND, f"no VM with id {request.vm_id}")
         if command == "CONDOR_VM_GETPID":
             return str(vm.pid())
         with vm.busy_with(command):
@@ -219,90 +218,39 @@ class Runtime:
                     # The VM is forgotten whether or not the shutdown worked.
                     with self._lock:
                         self._vms.pop(vm.vm_id, None)
-            elif command == "CONDOR_VM_SUSPEND":
-                vm.suspend()
-            elif command == "CONDOR_VM_SOFT_SUSPEND":
-                vm.soft_suspend()
-            elif command == "CONDOR_VM_RESUME":
-                vm.resume()
-            elif command == "CONDOR_VM_CHECKPOINT":
-                vm.checkpoint()
             else:
-                raise GahpError(errors.INTERNAL, f"unknown command {command}")
+                TRANSITIONS[command](vm)
         return ""
 
     def _start(self, request: Request) -> VirtualMachine:
-        from vmgahp.vm import checkpoint
-        from vmgahp.drivers.libvirt import overlays
-        from vmgahp.job.model import build_job  # deferred: pydantic and classad2 load here
-        from vmgahp.job.jobad import JobAd
-        from vmgahp.vm.cdrom import attach_cdrom
+        from vmgahp.vm import start
 
-        if request.ad_lines is None:
-            raise GahpError(errors.NO_JOBCLASSAD_INFO, "no job ad was sent")
-        ad = JobAd(request.ad_lines)
-        for line in ad.dropped:
-            log.get().warning("ad_line_ignored", line=line[:200])
-        if ad.get_str("VM_WORKING_DIR") is None:
-            raise GahpError(errors.NO_JOBCLASSAD_INFO, "the job ad has no VM_WORKING_DIR")
-        job_type = ad.get_str("JobVMType")
-        if job_type is None:
-            raise GahpError(errors.NO_JOBCLASSAD_INFO, "the job ad has no JobVMType")
-        if job_type.lower() != request.vm_type:
-            raise GahpError(errors.NO_SUPPORTED_VM_TYPE, f"JobVMType {job_type!r} but START {request.vm_type!r}")
-        if request.vm_type != self.vm_type:
-            raise GahpError(errors.NO_SUPPORTED_VM_TYPE, f"this gahp runs {self.vm_type!r} VMs")
+        ad = start.read_ad(request.ad_lines, request.vm_type, self.vm_type)
         with self._lock:
             vm_id = self._next_vm_id  # consumed even if the start fails (C++)
             self._next_vm_id += 1
         with log.bound(vm_id=vm_id):
             hypervisor = self._get_hypervisor()
-            job = build_job(ad, request.vm_type, self.settings, hypervisor.network_plan(), self.user)
-            found = checkpoint.scan(job)  # from the working dir itself, not TransferIntermediate
-            restart = found.restart
-            before = set(os.listdir(job.working_dir))
-            try:
-                job = attach_cdrom(job, reuse=restart.cdrom if restart else None)
-                job = overlays.prepare(job, tops=restart.tops if restart else None, avoid=found.foreign)
-                with self._lock:
-                    if self._closing:
-                        raise GahpError(errors.INTERNAL, "the gahp is shutting down")
-            except BaseException:
-                _remove_new_vm_files(job.working_dir, before)
-                raise
             with self._lock:
                 self._starting += 1
             try:
-                domain = self._boot(hypervisor, job, restart)
+                job, domain, restored = start.start(ad, hypervisor, self.settings, self.user, self._may_boot)
                 with self._lock:
                     # Remembered only once it is ours: a failed create may be
                     # a name clash with another job's live domain.
                     self._names.add(job.name)
-            except BaseException:
-                _remove_new_vm_files(job.working_dir, before)
-                raise
             finally:
                 with self._lock:
                     self._starting -= 1
                     self._idle.notify_all()
             log.get().info("vm_started", name=job.name, memory_mib=job.memory_mib, vcpus=job.vcpus,
-                           restored=restart is not None)
+                           restored=restored)
             return VirtualMachine(vm_id, job, hypervisor, domain, self._cpu)
 
-    @staticmethod
-    def _boot(hypervisor: Hypervisor, job: Any, restart: Any) -> Any:
-        """Cold boot, or restore from the checkpoint the job brought along."""
-        if restart is None:
-            return hypervisor.create(job)
-        try:
-            domain = hypervisor.restore(job, restart.memory)
-        except HypervisorError as exc:
-            # Never fall back to a cold boot on the checkpoint's disks: that
-            # is a crash as far as the guest's filesystems are concerned.
-            raise GahpError(errors.BAD_IMAGE, f"cannot restore the checkpoint: {exc}") from exc
-        # The checkpoint's files stay as they came: the guest writes to new
-        # overlay layers, and a later checkpoint replaces them atomically.
-        return domain
+    def _may_boot(self) -> None:
+        with self._lock:
+            if self._closing:
+                raise GahpError(tokens.INTERNAL, "the gahp is shutting down")
 
     def _register(self, vm: VirtualMachine) -> tuple[bool, str]:
         with self._lock:
@@ -310,7 +258,7 @@ class Runtime:
                 self._vms[vm.vm_id] = vm
                 return True, str(vm.vm_id)
         self._destroy_quietly(vm)
-        return False, errors.INTERNAL
+        return False, tokens.INTERNAL
 
     def _destroy_late_vm(self, outcome: Any, error: BaseException | None) -> None:
         if isinstance(outcome, VirtualMachine) and self._destroy_quietly(outcome):

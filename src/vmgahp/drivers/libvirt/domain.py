@@ -13,7 +13,7 @@ from pathlib import Path
 import libvirt
 
 from vmgahp import log
-from vmgahp.drivers.base import AttachedDisk, Domain, DomainInfo, DomainState, HypervisorError
+from vmgahp.drivers.base import Domain, DomainInfo, DomainState, HypervisorError, SavedState
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
 from vmgahp.drivers.libvirt.faults import hypervisor_error, is_flag_refused, is_no_domain, is_not_running
 
@@ -120,29 +120,34 @@ class LibvirtDomain(Domain):
         except libvirt.libvirtError as exc:
             raise hypervisor_error(exc, f"XML of {self.name}") from exc
 
-    def disks(self, description: str = "") -> list[AttachedDisk]:
-        from vmgahp.drivers.libvirt.xml_edit import file_disks
-
-        return file_disks(description or self.describe())
-
-    def save(self, path: Path) -> None:
-        """Write the memory state to ``path``; the transient domain ends.
+    def save(self, working_dir: Path, suffix: str) -> SavedState:
+        """Write the memory state to ``xen.mem.ckpt<suffix>``; the transient domain
+        ends. The record holds the domain XML and the disks as libvirt had them.
 
         The image is marked to come back running even when the domain was
         paused, so a restore always resumes the guest.
         """
+        from vmgahp.drivers.libvirt import state
+        from vmgahp.drivers.libvirt.xml_edit import file_disks
+
+        description = self.describe()
+        disks, files = state.record_disks(file_disks(description), str(working_dir))
+        target = working_dir / (state.MEMORY + suffix)
         dom = self._require("save")
         started = time.monotonic()
         try:
             try:
-                dom.saveFlags(str(path), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                dom.saveFlags(str(target), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             except libvirt.libvirtError as exc:
                 if not is_flag_refused(exc):
                     raise
-                dom.save(str(path))  # the test driver refuses the flag
+                dom.save(str(target))  # the test driver refuses the flag
         except libvirt.libvirtError as exc:
-            raise hypervisor_error(exc, f"save of {self.name} to {path}") from exc
-        log.get().info("domain_saved", name=self.name, path=str(path), seconds=round(time.monotonic() - started, 3))
+            target.unlink(missing_ok=True)
+            raise hypervisor_error(exc, f"save of {self.name} to {target}") from exc
+        log.get().info("domain_saved", name=self.name, path=str(target),
+                       seconds=round(time.monotonic() - started, 3))
+        return SavedState((state.MEMORY,), tuple(files), {"domain_xml": description, "disks": disks})
 
     def shutdown(self, grace_seconds: float) -> None:
         """ACPI power-off request, pressed again every PRESS_REPEAT_SECONDS;

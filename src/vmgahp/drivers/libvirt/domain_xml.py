@@ -34,12 +34,15 @@ golden files in ``tests/golden/xen``, see ``tests/test_xen.py``):
 
 from __future__ import annotations
 
+from vmgahp.errors import VmgahpError
+
 import re
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
-    from vmgahp.job.model import Disk, VmJob, XenBoot
+    from vmgahp.drivers.libvirt.job_ad import XenBoot
+    from vmgahp.job.model import Disk, VmJob
 
 
 XEN_HVMLOADER = "/usr/lib/xen/boot/hvmloader"
@@ -51,7 +54,7 @@ NETWORK_TYPES = ("nat", "bridge", "user")
 _ILLEGAL_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
-class DomainXmlError(ValueError):
+class DomainXmlError(VmgahpError, ValueError):
     """The job cannot be expressed as a domain (a bug or a bad job value)."""
 
 
@@ -132,7 +135,7 @@ def _kvm_domain(job: VmJob, domain_type: str, passt: bool) -> ET.Element:
 
 
 def _xen_domain(job: VmJob, xen_bootloader: str) -> ET.Element:
-    boot = job.xen
+    boot = job.extras
     if boot is None:
         raise DomainXmlError("a Xen job needs its kernel settings (VMPARAM_Xen_Kernel)")
     root = _header("xen", job)

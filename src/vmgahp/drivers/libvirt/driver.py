@@ -8,8 +8,8 @@ off or are saved, so nothing is left defined on the host after a job.
 A domain name that already exists when a job starts is **not** destroyed: the
 name is ``<user>_<cluster>.<proc>``, and two schedds of one pool can hand the
 same name to two slots of this machine, so the other domain may be another
-job's live VM. The start fails with VMGAHP_ERR_INTERNAL (the starter requeues
-the job); a leftover of a crashed gahp is removed by the startd's kill mode.
+job's live VM. The start fails as the host's fault (the starter requeues the
+job); a leftover of a crashed gahp is removed by the startd's kill mode.
 """
 
 from __future__ import annotations
@@ -17,67 +17,38 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import libvirt
 
-from vmgahp import errors, log
-from vmgahp.errors import GahpError
-from vmgahp.job.networking import NetworkPlan, plan_networking
-from vmgahp.drivers.base import Capability, DomainState, HostCheckError, Hypervisor, HypervisorError
+from vmgahp import log
+from vmgahp.drivers.base import (Capability, DomainState, HostCheckError, HostError, Hypervisor,
+                                 HypervisorError, SavedState)
+from vmgahp.drivers.libvirt import job_ad, overlays, state
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
 from vmgahp.drivers.libvirt.domain import LibvirtDomain
 from vmgahp.drivers.libvirt.domain_xml import DomainXmlError, build_domain_xml
 from vmgahp.drivers.libvirt.faults import error_message, hypervisor_error, is_flag_refused, is_no_domain, is_unsupported
+from vmgahp.drivers.libvirt.settings import LibvirtSettings
+from vmgahp.drivers.libvirt.start_errors import restore_failure, start_failure
 from vmgahp.drivers.libvirt.xml_edit import DomainXmlParseError, normalise_script_xml, retarget_disks
 from vmgahp.drivers.libvirt.xml_script import DEFAULT_TIMEOUT, run_xml_script
+from vmgahp.errors import GahpError
+from vmgahp.job.networking import NetworkPlan, plan_networking
+from vmgahp.protocol import tokens
 
 if TYPE_CHECKING:
-    from vmgahp.gahp.config import Settings
+    from vmgahp.job.access import JobUser
+    from vmgahp.job.jobad import JobAd
     from vmgahp.job.model import VmJob
+    from vmgahp.settings import Settings
 
 KVM_DEVICE = "/dev/kvm"
 PASST_MIN_LIBVIRT = 9_000_000  # virGetVersion() encoding of 9.0.0
-# The C++ rule: qemu's complaint about a disk declared qcow2 that is not.
-_BAD_IMAGE_TEXT = "image is not in qcow2 format"
+_SAVES = Capability.SAVE | Capability.CHECKPOINT
 
-__all__ = ["LibvirtDomain", "LibvirtHypervisor", "classify_start_error"]
-
-
-# libvirt rejected the domain description itself (schema, syntax).
-_DESCRIPTION_CODES = frozenset({libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL, libvirt.VIR_ERR_XML_INVALID_SCHEMA})
-# QEMU or the storage code failed: the job's image, or the host - look at the image.
-_AMBIGUOUS = frozenset({(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_QEMU),
-                        (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_STORAGE),
-                        (libvirt.VIR_ERR_STORAGE_PROBE_FAILED, libvirt.VIR_FROM_STORAGE)})
-
-
-def classify_start_error(code: int | None, source: int | None, message: str, job: VmJob, origin: str) -> str:
-    """The token for a failed start, by libvirt's error code (docs/admin.md, "Start failures").
-
-    BAD_IMAGE (the starter holds the job) only when the job caused it: QEMU
-    cannot open one of the job's images as its format says (checked with
-    qemu-img after the failure), or libvirt rejects the built-in description
-    that the job's values went into. Everything else - permission denied to
-    QEMU, an image locked by another process, out of memory, libvirtd or QEMU
-    internal errors, an admin's LIBVIRT_XML_SCRIPT output - is the host's:
-    INTERNAL, which requeues the job.
-    """
-    from vmgahp.drivers.libvirt.overlays import image_problem
-
-    if _BAD_IMAGE_TEXT in message.lower():  # the C++ rule, kept
-        return errors.BAD_IMAGE
-    if code in _DESCRIPTION_CODES:
-        return errors.BAD_IMAGE if origin == "builtin" else errors.INTERNAL
-    if (code, source) in _AMBIGUOUS:
-        for disk in job.disks:
-            problem = image_problem(disk.path, disk.format)
-            if problem:
-                log.get().info("start_failure_image", path=disk.path, detail=problem)
-                return errors.BAD_IMAGE
-    return errors.INTERNAL
+__all__ = ["LibvirtDomain", "LibvirtHypervisor"]
 
 
 class LibvirtHypervisor(Hypervisor):
@@ -87,7 +58,10 @@ class LibvirtHypervisor(Hypervisor):
         if vm_type not in ("kvm", "xen"):
             raise ValueError(f"libvirt driver runs kvm and xen VMs, not {vm_type!r}")
         super().__init__(settings, vm_type)
-        self.uri = settings.uri_for(vm_type)
+        self.libvirt, warnings = LibvirtSettings.from_knobs(settings.driver_knobs, vm_type)
+        for warning in warnings:
+            log.get().warning("config_value_ignored", detail=warning)
+        self.uri = self.libvirt.uri
         self.connection = LibvirtConnection(self.uri)
         self.capabilities = (
             Capability.PAUSE
@@ -104,22 +78,35 @@ class LibvirtHypervisor(Hypervisor):
     def __repr__(self) -> str:
         return f"LibvirtHypervisor({self.vm_type!r}, uri={self.uri!r})"
 
+    def capabilities_for(self, job: VmJob) -> Capability:
+        xen = job.extras
+        if xen is not None and xen.mode == "vmx" and not self.libvirt.xen_allow_hardware_vt_suspend:
+            return self.capabilities & ~_SAVES  # Xen HVM guests need XEN_ALLOW_HARDWARE_VT_SUSPEND
+        return self.capabilities
+
     # ------------------------------------------------------------- host check
     def check_host(self) -> None:
+        """/dev/kvm for KVM on a real QEMU URI with domain type kvm; XEN_BOOTLOADER
+        for Xen whatever the URI (spec 9); then a connection. The test
+        hypervisor (``test:///``) has no host to check."""
         if self.vm_type == "kvm":
             scheme = urlsplit(self.uri).scheme
-            if self.settings.kvm_domain_type == "kvm" and scheme.startswith("qemu"):
+            if scheme.startswith("test"):
+                return
+            if self.libvirt.domain_type == "kvm" and scheme.startswith("qemu"):
                 if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
                     raise HostCheckError(
                         f"{KVM_DEVICE} is missing or not readable and writable: no hardware "
                         "virtualisation (set VM_KVM_DOMAIN_TYPE = qemu for software emulation)"
                     )
         else:
-            bootloader = self.settings.xen_bootloader
+            bootloader = self.libvirt.xen_bootloader
             if not bootloader:
                 raise HostCheckError("XEN_BOOTLOADER is not set")
             if not os.access(bootloader, os.R_OK):
                 raise HostCheckError(f"XEN_BOOTLOADER {bootloader} is not readable")
+        if urlsplit(self.uri).scheme.startswith("test"):
+            return
         try:
             self.connection.get()
         except HypervisorError as exc:
@@ -157,27 +144,25 @@ class LibvirtHypervisor(Hypervisor):
     def network_plan(self) -> NetworkPlan:
         with self._lock:
             if self._plan is None:
-                self._plan = plan_networking(
-                    self.settings, self.vm_type, self._user_supported(), self._host_provides
-                )
+                self._plan = plan_networking(self.settings, self._user_supported(), self._host_provides)
             return self._plan
 
     # ------------------------------------------------------------- domain XML
     def builtin_xml(self, job: VmJob) -> str:
         return build_domain_xml(
             job,
-            domain_type=self.settings.kvm_domain_type,
-            xen_bootloader=self.settings.xen_bootloader,
+            domain_type=self.libvirt.domain_type,
+            xen_bootloader=self.libvirt.xen_bootloader,
             passt=job.networking_type == "user" and self.passt_available(),
         )
 
     def domain_xml(self, job: VmJob) -> tuple[str, str]:
         """The XML to start ``job`` with and where it came from (``script`` or ``builtin``)."""
-        if self.settings.xml_script:
+        if self.libvirt.xml_script:
             timeout = min(DEFAULT_TIMEOUT, self.settings.call_timeout)
-            outcome = run_xml_script(job, self.settings, timeout=timeout)
+            outcome = run_xml_script(job, self.libvirt, self.settings.bridge_interface, timeout=timeout)
             if outcome.xml is not None:
-                domain_type = self.settings.kvm_domain_type if self.vm_type == "kvm" else None
+                domain_type = self.libvirt.domain_type if self.vm_type == "kvm" else None
                 try:
                     xml, changes = normalise_script_xml(outcome.xml, job.name, domain_type)
                 except DomainXmlParseError as exc:  # checked by run_xml_script; belt and braces
@@ -189,21 +174,34 @@ class LibvirtHypervisor(Hypervisor):
         try:
             return self.builtin_xml(job), "builtin"
         except DomainXmlError as exc:
-            raise GahpError(errors.CRITICAL, f"cannot build the domain XML: {exc}") from exc
+            raise GahpError(tokens.CRITICAL, f"cannot build the domain XML: {exc}") from exc
+
+    # ------------------------------------------------------------------ disks
+    def read_job(self, ad: JobAd, job: VmJob, user: JobUser | None) -> VmJob:
+        return job_ad.read_job(ad, job, user, self.libvirt)
+
+    def prepare(self, job: VmJob, restored: SavedState | None, avoid: frozenset[str] = frozenset()) -> VmJob:
+        return overlays.prepare(job, tops=state.tops(job, restored) if restored else None, avoid=avoid)
+
+    def finish(self, job: VmJob, output: bool = True) -> None:
+        if output:
+            overlays.commit_down(job)
+        else:
+            overlays.remove_all(job)
+
+    def restore_mismatch(self, job: VmJob, saved: SavedState) -> str:
+        return state.mismatch(job, dict(saved.record))
+
+    def adopt_legacy_state(self, job: VmJob, manifest: dict) -> SavedState | None:
+        return state.adopt_format_1(job, manifest) if manifest.get("format") == 1 else None
 
     # ---------------------------------------------------------------- start
     def create(self, job: VmJob) -> LibvirtDomain:
         xml, origin = self.domain_xml(job)
-        try:
-            existing = self.lookup(job.name)
-        except HypervisorError as exc:
-            raise GahpError(errors.INTERNAL, exc.message) from exc
+        existing = self.lookup(job.name)
         if existing is not None:
-            raise GahpError(
-                errors.INTERNAL,
-                f"a domain named {job.name} already exists on {self.uri}; it is left alone "
-                "(another job's VM, or a leftover that the startd's kill mode removes)",
-            )
+            raise HostError(f"a domain named {job.name} already exists on {self.uri}; it is left alone "
+                            "(another job's VM, or a leftover that the startd's kill mode removes)")
         log.get().debug("domain_xml", name=job.name, origin=origin, xml=xml)
         # Our own XML is checked against libvirt's schema; an admin's script
         # XML is not, as the C++ gahp never did and libvirt parses it leniently.
@@ -211,14 +209,10 @@ class LibvirtHypervisor(Hypervisor):
         try:
             self._create_xml(xml, validate)
         except libvirt.libvirtError as exc:
-            message = error_message(exc)
-            token = classify_start_error(exc.get_error_code(), exc.get_error_domain(), message, job, origin)
-            log.get().error(
-                "domain_start_failed", name=job.name, token=token, code=exc.get_error_code(), detail=message
-            )
-            raise GahpError(token, message) from exc
-        except HypervisorError as exc:  # could not connect
-            raise GahpError(errors.INTERNAL, exc.message) from exc
+            failure = start_failure(exc, job, origin)
+            log.get().error("domain_start_failed", name=job.name, kind=type(failure).__name__,
+                            code=exc.get_error_code(), detail=failure.message)
+            raise failure from exc
         log.get().info("domain_started", name=job.name, origin=origin, uri=self.uri)
         return LibvirtDomain(job.name, self.connection)
 
@@ -236,9 +230,9 @@ class LibvirtHypervisor(Hypervisor):
         self.connection.call(lambda conn: conn.createXML(xml, 0))
 
     # -------------------------------------------------------------- restore
-    def restore(self, job: VmJob, path: Path) -> LibvirtDomain:
+    def restore(self, job: VmJob, saved: SavedState) -> LibvirtDomain:
         """Start ``job`` again from a save image; it comes back running."""
-        file = str(path)
+        file = str(state.memory_file(job, saved))
         dxml = self._moved_disks_xml(job, file)
         try:
             try:
@@ -249,10 +243,10 @@ class LibvirtHypervisor(Hypervisor):
                 log.get().warning("restore_xml_refused", uri=self.uri, detail=error_message(exc))
                 self.connection.call(lambda conn: conn.restore(file))
         except libvirt.libvirtError as exc:
-            raise hypervisor_error(exc, f"restore of {job.name} from {file}") from exc
+            raise restore_failure(exc, f"restore of {job.name} from {file}") from exc
         domain = self.lookup(job.name)
         if domain is None:
-            raise HypervisorError(f"restored {file}, but there is no domain named {job.name}")
+            raise HostError(f"restored {file}, but there is no domain named {job.name}")
         # An image saved while paused comes back paused on drivers that did
         # not take VIR_DOMAIN_SAVE_RUNNING at save time.
         if domain.info().state is DomainState.PAUSED:

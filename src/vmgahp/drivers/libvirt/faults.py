@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import libvirt
 
-from vmgahp.drivers.base import HypervisorError
+from vmgahp.drivers.base import HostError, HypervisorError
 
 # Error domains of the client-side transport: an internal or system error
 # raised there means the connection itself broke, not the request.
@@ -66,6 +66,7 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 def hypervisor_error(exc: BaseException, action: str = "") -> HypervisorError:
-    """A HypervisorError carrying libvirt's text and code."""
+    """The host's failure, carrying libvirt's text and code (a start or restore
+    that may be the job's fault is judged in start_errors)."""
     message = error_message(exc)
-    return HypervisorError(f"{action}: {message}" if action else message, error_code(exc))
+    return HostError(f"{action}: {message}" if action else message, error_code(exc))

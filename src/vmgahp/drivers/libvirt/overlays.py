@@ -32,8 +32,9 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmgahp import errors, log
-from vmgahp.errors import GahpError
+from vmgahp import log
+from vmgahp.drivers.base import HostError, JobImageError
+from vmgahp.job.workdir import give_to
 
 if TYPE_CHECKING:
     from vmgahp.job.model import Disk, VmJob
@@ -77,9 +78,9 @@ def _qemu_img(*args: str, timeout: float = TIMEOUT) -> str:
     try:
         done = subprocess.run([QEMU_IMG, *args], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise GahpError(errors.INTERNAL, f"qemu-img {args[0]}: {exc}") from exc
-    if done.returncode != 0:
-        raise GahpError(errors.BAD_IMAGE, f"qemu-img {' '.join(args)}: {done.stderr.strip()}")
+        raise HostError(f"qemu-img {args[0]}: {exc}") from exc
+    if done.returncode != 0:  # qemu-img cannot read or write the job's image as it says
+        raise JobImageError(f"qemu-img {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
 
 
@@ -169,8 +170,8 @@ def prepare(job: VmJob, tops: dict[str, str] | None = None, avoid: frozenset[str
         elif ours:
             newest = ours[max(ours)]
             if os.path.realpath(disk.path) not in chain(str(newest)):
-                raise GahpError(errors.BAD_IMAGE, f"{newest.name} in the working dir is not an overlay of {disk.path}; "
-                                                  "it is left as it is")
+                raise JobImageError(f"{newest.name} in the working dir is not an overlay of {disk.path}; "
+                                    "it is left as it is")
             below, below_format = str(newest), "qcow2"
             log.get().warning("overlay_kept", overlay=newest.name, detail="no usable checkpoint: the guest boots "
                               "on the disk state an earlier run left")
@@ -178,7 +179,7 @@ def prepare(job: VmJob, tops: dict[str, str] | None = None, avoid: frozenset[str
         overlay = Path(working_dir) / overlay_name(disk.device, generation)
         _create(overlay, below, below_format, working_dir)
         log.get().info("overlay_created", overlay=overlay.name, backing=os.path.basename(below))
-        _chown(overlay, job)
+        give_to(overlay, job.owner_uid, job.owner_gid)
         disks.append(disk.model_copy(update={"path": str(overlay), "format": "qcow2"}))
     return job.model_copy(update={"disks": tuple(disks)})
 
@@ -193,8 +194,8 @@ def commit_down(job: VmJob) -> None:
         first = existing[min(existing)]
         try:
             _qemu_img("commit", "-q", "-b", str(first), disk.path, timeout=COMMIT_TIMEOUT)
-        except GahpError as exc:
-            log.get().error("overlay_commit_failed", overlay=disk.path, detail=exc.detail)
+        except (HostError, JobImageError) as exc:
+            log.get().error("overlay_commit_failed", overlay=disk.path, detail=exc.message)
             continue
         for generation, path in existing.items():
             if path != first:
@@ -202,6 +203,9 @@ def commit_down(job: VmJob) -> None:
         log.get().info("overlays_committed", into=first.name, layers=len(existing))
 
 
-def _chown(path: Path, job: VmJob) -> None:
-    if job.owner_uid is not None and os.geteuid() == 0:
-        os.chown(path, job.owner_uid, job.owner_gid or job.owner_uid)
+def remove_all(job: VmJob) -> None:
+    """``vm_no_output_vm``: every overlay layer of the job's disks goes."""
+    for disk in job.disks:
+        for path in generations(job.working_dir, disk.device).values():
+            path.unlink(missing_ok=True)
+            log.get().info("output_dropped", path=path.name, detail="vm_no_output_vm")

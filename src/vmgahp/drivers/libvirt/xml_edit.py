@@ -11,16 +11,18 @@ changes only what it means to change.
 
 from __future__ import annotations
 
+from vmgahp.errors import VmgahpError
+
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 from xml.dom import minidom
 from xml.parsers.expat import ExpatError
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
     from vmgahp.job.model import Disk
-    from vmgahp.drivers.base import AttachedDisk
 
 
-class DomainXmlParseError(ValueError):
+class DomainXmlParseError(VmgahpError, ValueError):
     """The text is not a well-formed ``<domain>`` document."""
 
 
@@ -92,10 +94,19 @@ def retarget_disks(xml: str, disks: Iterable[Disk]) -> str | None:
     return root.toxml() if changed else None
 
 
+@dataclass(frozen=True, slots=True)
+class AttachedDisk:
+    """A disk as the running domain really uses it (read back from libvirt)."""
+
+    device: str
+    path: str
+    format: str = ""
+    readonly: bool = False
+    cdrom: bool = False
+
+
 def file_disks(xml: str) -> list[AttachedDisk]:
     """The file-backed disks of a domain description, as the domain uses them."""
-    from vmgahp.drivers.base import AttachedDisk
-
     _doc, root = parse_domain(xml)
     found = []
     for disk in root.getElementsByTagName("disk"):

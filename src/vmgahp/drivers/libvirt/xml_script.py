@@ -27,7 +27,7 @@ from vmgahp import log
 from vmgahp.drivers.libvirt.xml_edit import DomainXmlParseError, parse_domain
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
-    from vmgahp.gahp.config import Settings
+    from vmgahp.drivers.libvirt.settings import LibvirtSettings
     from vmgahp.job.model import VmJob
 
 DEFAULT_TIMEOUT = 30.0
@@ -69,7 +69,7 @@ def _with_disks(ad_text: str, job: VmJob) -> str:
     return "\n".join(lines) + "\n"
 
 
-def script_input(job: VmJob, settings: Settings) -> str:
+def script_input(job: VmJob, settings: LibvirtSettings, bridge_interface: str = "") -> str:
     """What the script reads on stdin (the C++ order and conditions), except
     that the disk list names the disks as prepared (see :func:`disk_list`):
     a script that built the disks from the job's own list would bypass the
@@ -77,24 +77,25 @@ def script_input(job: VmJob, settings: Settings) -> str:
     text = _with_disks(job.ad_text, job) if job.disks else job.ad_text
     if text and not text.endswith("\n"):
         text += "\n"
-    bootloader = (job.xen.bootloader if job.xen else "") or settings.xen_bootloader
+    xen = job.extras
+    bootloader = (xen.bootloader if xen else "") or settings.xen_bootloader
     text += f"VMPARAM_Xen_Bootloader = {_quoted(bootloader)}\n"
     # The C++ tests for the attribute name anywhere in the text, not per line.
     if "VMPARAM_Xen_Initrd" not in text:
-        text += f"VMPARAM_Xen_Initrd = {_quoted(job.xen.initrd if job.xen else '')}\n"
-    if settings.bridge_interface:
-        text += f"VMPARAM_Bridge_Interface = {_quoted(settings.bridge_interface)}\n"
+        text += f"VMPARAM_Xen_Initrd = {_quoted(xen.initrd if xen else '')}\n"
+    if bridge_interface:
+        text += f"VMPARAM_Bridge_Interface = {_quoted(bridge_interface)}\n"
     if "JobVMNetworkingType" not in text:
         text += f"JobVMNetworkingType = {_quoted(job.networking_type)}\n"
     return text + "\n"
 
 
-def script_argv(settings: Settings) -> list[str]:
+def script_argv(settings: LibvirtSettings) -> list[str]:
     """``[LIBVIRT_XML_SCRIPT] + LIBVIRT_XML_SCRIPT_ARGS`` in HTCondor's argument
     syntax (V1 raw, or V2 when double-quoted). Read here, at START, so a bad
     value never stops the gahp: it is logged, and the words before the error
     are kept, as ``AppendArgsV1RawOrV2Quoted`` leaves them."""
-    from vmgahp.gahp.condor_syntax import ArgsError, split_args_v1_raw_or_v2_quoted
+    from vmgahp.condor_syntax import ArgsError, split_args_v1_raw_or_v2_quoted
 
     argv = [settings.xml_script]
     if settings.xml_script_args:
@@ -106,7 +107,8 @@ def script_argv(settings: Settings) -> list[str]:
     return argv
 
 
-def run_xml_script(job: VmJob, settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> ScriptOutcome:
+def run_xml_script(job: VmJob, settings: LibvirtSettings, bridge_interface: str = "",
+                   timeout: float = DEFAULT_TIMEOUT) -> ScriptOutcome:
     """Run the configured script; the XML it printed, or why not."""
     script = settings.xml_script
     argv = script_argv(settings)
@@ -128,7 +130,7 @@ def run_xml_script(job: VmJob, settings: Settings, timeout: float = DEFAULT_TIME
     except OSError as exc:
         return _failed(script, f"cannot run {script}: {exc.strerror or exc}")
     try:
-        out, err = proc.communicate(script_input(job, settings).encode("utf-8"), timeout=timeout)
+        out, err = proc.communicate(script_input(job, settings, bridge_interface).encode("utf-8"), timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         return _failed(script, f"{script} did not finish within {timeout:g} s; killed")

@@ -21,6 +21,8 @@ plain literals, so reading ordinary configuration costs nothing.
 
 from __future__ import annotations
 
+from vmgahp.errors import VmgahpError
+
 import re
 
 INT_MIN, INT_MAX = -0x80000000, 0x7FFFFFFF
@@ -83,7 +85,7 @@ def condor_boolean(text: str | None) -> bool | None:
     return None
 
 
-class ArgsError(ValueError):
+class ArgsError(VmgahpError, ValueError):
     """The argument string does not parse; ``args`` holds the words before the error."""
 
     def __init__(self, message: str, args: list[str]) -> None:
