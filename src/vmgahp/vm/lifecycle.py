@@ -27,6 +27,7 @@ from vmgahp import errors, log
 from vmgahp.vm.checkpoint import fsync_dir, fsync_file, write_atomically
 from vmgahp.drivers.base import Domain, DomainState, Hypervisor, HypervisorError
 from vmgahp.errors import GahpError
+from vmgahp.protocol.status import format_status
 
 if TYPE_CHECKING:
     from vmgahp.job.model import VmJob  # pydantic: loaded by the first START, not at start-up
@@ -144,16 +145,8 @@ class VirtualMachine:
             raise _hypervisor_error(errors.INTERNAL, "domain lookup", exc) from exc
         if info.state is DomainState.RUNNING:
             utilization = self._cpu.sample(info.cpu_time_ns, info.vcpus)
-            words = [
-                "STATUS=Running",
-                f"CPUUTILIZATION={utilization:f}",
-                f"CPUTIME={info.cpu_time_ns / 1e9:f}",
-            ]
-            if info.memory_kib:
-                words.append(f"MEMORY={info.memory_kib}")
-            if info.max_memory_kib:
-                words.append(f"MAXMEMORY={info.max_memory_kib}")
-            return " ".join(words)
+            return format_status("Running", utilization=utilization, cpu_time=info.cpu_time_ns / 1e9,
+                                 memory_kib=info.memory_kib, max_memory_kib=info.max_memory_kib)
         if info.state is DomainState.PAUSED:
             return "STATUS=Suspended"
         # The domain is gone or shut off. While this gahp is saving or
