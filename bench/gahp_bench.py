@@ -31,6 +31,7 @@ TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests"))
 
 from gahp_process import gahp_env  # noqa: E402 - the tests' daemon environment
+from vmgahp.protocol.client import NEED_DATA, GahpClient, Notification  # noqa: E402
 PYTHON = TOP / ".venv" / "bin" / "python"
 VMGAHP = TOP / ".venv" / "bin" / "vmgahp"
 
@@ -45,6 +46,8 @@ VMPARAM_vm_Disk = "disk.img:vda:w:raw"
 
 
 class Gahp:
+    """The daemon over pipes, through the protocol client (as the starter reads it)."""
+
     def __init__(self, work: Path) -> None:
         self.proc = subprocess.Popen(
             [str(VMGAHP), "-f", "-M", "3"],
@@ -55,24 +58,29 @@ class Gahp:
             bufsize=0,
         )
         self.out = self.proc.stdout
-        self._buffer = b""
-        self.banner = self.readline()
+        self.client = GahpClient()
+        self.banner = self.event().line
 
-    def readline(self) -> str:
-        while b"\n" not in self._buffer:
+    def event(self):
+        while (event := self.client.next_event()) is NEED_DATA:
             chunk = os.read(self.out.fileno(), 65536)
             if not chunk:
                 raise EOFError("gahp closed stdout")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
+            self.client.receive_data(chunk)
+        return event
 
     def send(self, text: str) -> None:
-        self.proc.stdin.write(text.encode() + b"\r\n")
+        self.proc.stdin.write(self.client.send_line(text))
 
-    def ask(self, text: str) -> str:
+    def ask(self, text: str):
+        """A line and its reply (a Reply, or Results for RESULTS)."""
         self.send(text)
-        return self.readline()
+        return self.event()
+
+    def request(self, command: str, argument: str):
+        request_id, data = self.client.request(command, argument)
+        self.proc.stdin.write(data)
+        return request_id, self.event()
 
     def rss_kib(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -129,17 +137,16 @@ def bench_round_trips(work: Path, runs: int) -> None:
     time.sleep(1.0)  # let the post-banner warm-up (logging library) finish first
     gahp.ask("COMMANDS")
     commands = median_seconds(lambda: gahp.ask("COMMANDS"), runs * 50)
-    ids = iter(range(2, 10**6))
 
     def status_immediate() -> None:
-        gahp.ask(f"CONDOR_VM_STATUS {next(ids)} 7")
+        gahp.request("CONDOR_VM_STATUS", "7")
 
     def status_result() -> None:
         # S, then the R that announces the result, then collect it.
-        gahp.ask(f"CONDOR_VM_STATUS {next(ids)} 7")
-        assert gahp.readline() == "R"
+        request_id, _ = gahp.request("CONDOR_VM_STATUS", "7")
+        assert isinstance(gahp.event(), Notification)
         gahp.ask("RESULTS")
-        gahp.readline()
+        assert gahp.client.take(request_id) is not None
 
     # No R lines while the immediate replies are timed: they would be read
     # as the next reply. Results are drained afterwards.
@@ -147,9 +154,8 @@ def bench_round_trips(work: Path, runs: int) -> None:
     status_samples = timed(status_immediate, runs * 50)
     status_s = statistics.median(status_samples)
     time.sleep(0.5)
-    count = int(gahp.ask("RESULTS").split()[1])
-    for _ in range(count):
-        gahp.readline()
+    gahp.ask("RESULTS")
+    gahp.client.results.clear()
     gahp.ask("ASYNC_MODE_ON")
     status_full = median_seconds(status_result, runs * 10)
     print(f"COMMANDS round trip      {commands * 1e6:8.1f} µs   (target < 100 µs)")
@@ -172,10 +178,10 @@ def bench_memory(work: Path) -> None:
     for line in AD.format(wd=work).splitlines():
         gahp.send(line)
     gahp.ask("CLASSAD_END")
-    gahp.ask("CONDOR_VM_START 2 kvm")
-    assert gahp.readline() == "R"
+    request_id, _ = gahp.request("CONDOR_VM_START", "kvm")
+    assert isinstance(gahp.event(), Notification)
     gahp.ask("RESULTS")
-    result = gahp.readline()
+    result = gahp.client.take(request_id)
     with_vm = gahp.rss_kib()
     bare = subprocess.run(
         [str(PYTHON), "-c", "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"],
@@ -184,7 +190,7 @@ def bench_memory(work: Path) -> None:
     bare_kib = int(bare.stdout)
     print(f"bare python RSS          {bare_kib / 1024:8.1f} MB")
     print(f"idle RSS (after handshake){idle / 1024:7.1f} MB   ratio {idle / bare_kib:5.2f}x (target < 40 MB)")
-    print(f"RSS with one VM ({result.split()[-1]})   {with_vm / 1024:8.1f} MB   (libvirt, classad2, pydantic loaded)")
+    print(f"RSS with one VM ({result.text})   {with_vm / 1024:8.1f} MB   (libvirt, classad2, pydantic loaded)")
     gahp.close()
 
 

@@ -31,6 +31,7 @@ TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests"))
 
 from gahp_process import GahpProcess, job_ad  # noqa: E402
+from vmgahp.protocol.client import Notification  # noqa: E402
 
 URI = "qemu:///system"
 SOCKET = "/run/libvirt/libvirt-sock"
@@ -72,7 +73,7 @@ def scratch(memory: int) -> Path:
 def call_on_r(gahp: GahpProcess, command: str, argument: str) -> tuple[bool, str]:
     """Send a command, wait for its R (no polling delay), collect the result."""
     request_id = gahp.submit(command, argument)
-    while gahp.readline(timeout=300) != "R":
+    while not isinstance(gahp.next_event(timeout=300), Notification):
         pass
     return gahp.result(request_id)
 

@@ -1,7 +1,9 @@
 """A vmgahp daemon process driven over pipes, for tests that script it directly.
 
 Transcripts cover fixed conversations; these tests need timing, signals and
-real hypervisors, so they talk to the process programmatically.
+real hypervisors, so they talk to the process programmatically. Framing,
+replies and results are the protocol client's (``vmgahp.protocol.client``);
+this is the process and its pipes.
 """
 
 from __future__ import annotations
@@ -10,11 +12,17 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
+from collections import deque
 from pathlib import Path
 
+from vmgahp.protocol.client import NEED_DATA, GahpClient, Notification, Results
+from vmgahp.protocol.env import gahp_environment
+
 TOP = Path(__file__).resolve().parents[1]
-VMGAHP = TOP / ".venv" / "bin" / "vmgahp"
+VMGAHP = TOP / ".venv" / "bin" / "vmgahp"  # the installed entry point (tests of the script itself)
+GAHP_ARGV = (sys.executable, "-m", "vmgahp")  # this interpreter's vmgahp, wherever the venv is
 
 
 def gahp_env(work: Path, **knobs: str) -> dict[str, str]:
@@ -24,10 +32,7 @@ def gahp_env(work: Path, **knobs: str) -> dict[str, str]:
         _CONDOR_VM_MEMORY="1024",
         _CONDOR_VM_KVM_LIBVIRT_URI="test:///default",
         _CONDOR_VM_GAHP_LOG=str(work / "vmgahp.log"),
-        VMGAHP_VMTYPE="kvm",
-        VMGAHP_WORKING_DIR=str(work),
-        VMGAHP_USER_UID="1000",
-        VMGAHP_USER_GID="1000",
+        **gahp_environment("kvm", str(work), 1000, 1000),
     )
     for name, value in knobs.items():
         env[name if name.startswith(("VMGAHP_", "CONDOR")) else f"_CONDOR_{name}"] = value
@@ -56,7 +61,7 @@ class GahpProcess:
         e.g. a stand-in for the starter that a test may SIGKILL."""
         self.work = work
         self.proc = subprocess.Popen(
-            [*launcher, str(VMGAHP), *argv],
+            [*launcher, *GAHP_ARGV, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -64,38 +69,45 @@ class GahpProcess:
             cwd=work,
             start_new_session=True,
         )
-        self._buffer = b""
-        self._stash: dict[int, tuple[bool, str]] = {}  # results read for other requests
-        self.next_id = 1
+        self.client = GahpClient()
+        self._lines: deque[str] = deque()  # the rest of a RESULTS reply, for readline()
 
     # ------------------------------------------------------------- raw lines
-    def readline(self, timeout: float = 30.0) -> str:
+    def next_event(self, timeout: float = 30.0):
+        """The protocol client's next event, reading as needed."""
         end = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buffer:
+        while (event := self.client.next_event()) is NEED_DATA:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no line from vmgahp within {timeout} s; stderr: {self.stderr_tail()}")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
+            if select.select([fd], [], [], remaining)[0]:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     raise EOFError(f"vmgahp closed stdout; stderr: {self.stderr_tail()}")
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
+                self.client.receive_data(chunk)
+        return event
+
+    def readline(self, timeout: float = 30.0) -> str:
+        """The next line as it came (banner, R and result lines included)."""
+        if self._lines:
+            return self._lines.popleft()
+        event = self.next_event(timeout)
+        self._lines.extend(getattr(event, "lines", ()))
+        return event.line
 
     def send(self, line: str) -> None:
-        self.proc.stdin.write(line.encode() + b"\r\n")
+        self.proc.stdin.write(self.client.send_line(line))
         self.proc.stdin.flush()
 
     def reply(self, line: str, timeout: float = 30.0) -> str:
         """Send a command and return its reply, skipping R notifications."""
         self.send(line)
         while True:
-            answer = self.readline(timeout)
-            if answer != "R":
-                return answer
+            event = self.next_event(timeout)
+            if not isinstance(event, Notification):
+                self._lines.extend(getattr(event, "lines", ()))
+                return event.line
 
     # --------------------------------------------------------- conversation
     def handshake(self) -> str:
@@ -111,27 +123,36 @@ class GahpProcess:
             self.send(line)
         assert self.reply("CLASSAD_END") == "S"
 
+    @property
+    def next_id(self) -> int:
+        return self.client.last_id
+
     def submit(self, command: str, argument: str) -> int:
-        self.next_id += 1
-        assert self.reply(f"{command} {self.next_id} {argument}") == "S"
-        return self.next_id
+        request_id, data = self.client.request(command, argument)
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+        assert self._answer(30.0).line == "S"
+        return request_id
+
+    def _answer(self, timeout: float):
+        while isinstance(event := self.next_event(timeout), Notification):
+            pass
+        return event
 
     def collect(self) -> set[int]:
         """One RESULTS poll; the ids whose results have arrived and are not yet taken."""
-        count = int(self.reply("RESULTS").split()[1])
-        for _ in range(count):
-            words = self.readline().split(" ", 2)
-            self._stash.setdefault(int(words[0]), (words[1] == "0", words[2]))
-        return set(self._stash)
+        self.send("RESULTS")
+        assert isinstance(self._answer(30.0), Results)
+        return set(self.client.results)
 
     def result(self, request_id: int, timeout: float = 60.0) -> tuple[bool, str]:
         """Poll RESULTS until the result of ``request_id`` arrives."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.collect()
-            found = self._stash.pop(request_id, None)
+            found = self.client.take(request_id)
             if found is not None:
-                return found
+                return found.ok, found.text
             time.sleep(0.02)
         raise TimeoutError(f"no result for request {request_id}")
 

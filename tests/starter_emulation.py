@@ -37,6 +37,10 @@ The 30 s before GETPID and the status interval are parameters so tests can
 shorten them; the 1 s / 2 s rhythm of every exchange is kept by default.
 Where the real starter would block for ever (a gahp that never answers) the
 emulation gives up after ``read_timeout`` and raises :class:`GahpHung`.
+
+The wire rules (read_argv, the banner, RESULTS, request ids and the request
+table) are ``vmgahp.protocol.client``'s; this module keeps the waits, the
+event loop and the starter's decisions.
 """
 
 from __future__ import annotations
@@ -50,12 +54,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-ARGV_BUFFER = 10 * 1024  # read_argv's static buffer: the limit is per word
-BANNER_BUFFER = 360
+from vmgahp.protocol.client import (
+    MAX_WORD,
+    NEED_DATA,
+    Banner,
+    GahpClient,
+    Notification,
+    ProtocolError,
+    Results,
+    WordTooLong,
+    argv_words,
+)
+from vmgahp.protocol.status import STATES, parse_status
+from vmgahp.protocol.wire import strtol
+
+ARGV_BUFFER = MAX_WORD  # read_argv's static buffer: the limit is per word
 AD_CHUNK = 2048  # publishVMClassAd pauses after this many bytes of attributes
-FIRST_REQUEST_ID = 2  # m_next_reqid starts at 1 and new_reqid() increments first
 STATUS_MAX_ERRORS = 5  # VM_STATUS_MAX_ERROR
-STATUS_STATES = ("Running", "Stopped", "Suspended", "SoftSuspended")
 
 
 class StarterError(Exception):
@@ -171,9 +186,8 @@ class StarterEmulation:
         self.exit_status: int | None = None
         self.kill_mode: subprocess.CompletedProcess | None = None
         self.statuses: list[StatusReport] = []
-        self._next_id = FIRST_REQUEST_ID - 1
-        self._table: dict[int, Request | None] = {}  # None: cancelled, id kept reserved
-        self._buffer = b""
+        self.client = GahpClient()
+        self._table: dict[int, Request] = {}  # requests waiting for their result
         self._poll_soon = False
         self._status_due: float | None = None
         self._status_request: Request | None = None
@@ -198,19 +212,30 @@ class StarterEmulation:
             self.proc.wait(timeout=10)
 
     # ------------------------------------------------------------- wire
-    def write_line(self, line: str) -> None:
-        assert "\n" not in line and "\r" not in line, line
-        data = line.encode() + b"\r\n"
+    def _write(self, data: bytes) -> None:
         self.wire.add(">", data)
         assert self.proc is not None and self.proc.stdin is not None
         try:
             self.proc.stdin.write(data)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
-            raise GahpGone(f"write of {line!r} failed: {exc}") from exc
+            raise GahpGone(f"write of {data!r} failed: {exc}") from exc
 
-    def _byte(self) -> int:
-        while not self._buffer:
+    def write_line(self, line: str) -> None:
+        assert "\n" not in line and "\r" not in line, line
+        self._write(self.client.send_line(line))
+
+    def _event(self):
+        """The next event; bytes are read only when the client needs them."""
+        while True:
+            try:
+                event = self.client.next_event()
+            except WordTooLong as exc:
+                raise StarterCrashed(str(exc)) from exc
+            except ProtocolError as exc:
+                raise StarterError(str(exc)) from exc
+            if event is not NEED_DATA:
+                return event
             assert self.proc is not None and self.proc.stdout is not None
             fd = self.proc.stdout.fileno()
             ready, _, _ = select.select([fd], [], [], self.read_timeout)
@@ -219,60 +244,39 @@ class StarterEmulation:
             chunk = os.read(fd, 4096)
             if not chunk:
                 raise GahpGone("EOF on the gahp's stdout")
-            self._buffer += chunk
-        byte, self._buffer = self._buffer[0], self._buffer[1:]
-        return byte
+            self.client.receive_data(chunk)
 
     def _readable(self) -> bool:
-        if self._buffer:
+        if self.client.buffered:
             return True
         assert self.proc is not None and self.proc.stdout is not None
         return bool(select.select([self.proc.stdout.fileno()], [], [], 0)[0])
 
-    def read_argv(self) -> list[str]:
-        words: list[str] = []
-        word = bytearray()
-        escaped = False
+    def _answer(self):
+        """The next event that is not an R line (those schedule one more poll)."""
         while True:
-            if len(word) >= ARGV_BUFFER:
-                raise StarterCrashed(f"read_argv: a word of {len(word)} bytes (ASSERT ibuf < {ARGV_BUFFER})")
-            byte = self._byte()
-            if escaped:
-                word.append(byte)
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x0D:
-                continue
-            elif byte == 0x20:
-                words.append(word.decode(errors="replace"))
-                word = bytearray()
-            elif byte == 0x0A:
-                words.append(word.decode(errors="replace"))
-                self.wire.add("<", words)
-                if len(words) == 1 and words[0].startswith("R"):
-                    self._poll_soon = True  # poll_real_soon(), and read on
-                    words, word = [], bytearray()
-                    continue
-                return words
-            else:
-                word.append(byte)
+            event = self._event()
+            if isinstance(event, Results):
+                self.wire.add("<", list(event.words))
+                for line in event.lines:
+                    self.wire.add("<", argv_words(line))
+            elif not isinstance(event, Banner):
+                self.wire.add("<", list(event.words))
+            if not isinstance(event, Notification):
+                return event
+            self._poll_soon = True  # poll_real_soon(), and read on
+
+    def read_argv(self) -> list[str]:
+        """One line's words (read_argv)."""
+        return list(self._answer().words)
 
     def read_banner(self) -> str:
         """command_version: skip to the first ``$``, drop backslashes, up to LF."""
-        text = bytearray()
-        while len(text) < BANNER_BUFFER:
-            byte = self._byte()
-            if not text and byte != ord("$"):
-                continue
-            if byte == 0x5C:
-                continue
-            if byte == 0x0A:
-                self.version = text.decode(errors="replace")
-                self.wire.add("<", [self.version])
-                return self.version
-            text.append(byte)
-        raise StarterError("no banner line within 360 bytes")
+        event = self._event()
+        assert isinstance(event, Banner), event
+        self.version = event.version
+        self.wire.add("<", [self.version])
+        return self.version
 
     def simple_command(self, command: str) -> list[str]:
         """COMMANDS, SUPPORT_VMS, ASYNC_MODE_ON, CLASSAD(_END), QUIT: write, 1 s, one line."""
@@ -284,14 +288,11 @@ class StarterEmulation:
         return reply
 
     # --------------------------------------------------------- requests
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
     def now_pending(self, command: str, argument: str, timeout: float) -> Request:
-        request = Request(self._new_id(), command, time.monotonic() + timeout)
-        self._table[request.request_id] = request
-        self.write_line(f"{command} {request.request_id} {argument}")
+        request_id, data = self.client.request(command, argument)
+        request = Request(request_id, command, time.monotonic() + timeout)
+        self._table[request_id] = request
+        self._write(data)
         time.sleep(self.pause)
         reply = self.read_argv()
         if not reply or not reply[0].startswith("S"):
@@ -301,23 +302,16 @@ class StarterEmulation:
     def poll(self) -> int:
         self.write_line("RESULTS")
         time.sleep(self.pause)
-        head = self.read_argv()
-        if len(head) < 2 or not head[0].startswith("S"):
-            raise StarterError(f"VMGAHP command 'RESULTS' failed: {head}")
-        count = _strtol(head[1])
-        if count < 0:
-            raise StarterError(f"Invalid number of results {head[1]!r}")
-        lines = [self.read_argv() for _ in range(count)]
-        for words in lines:
-            request_id = _strtol(words[0]) if words else 0
-            if request_id <= 0:
-                continue  # "Bad RESULTS line"
-            request = self._table.pop(request_id, None)
-            if request is not None:
-                request.result = words
+        batch = self._answer()
+        assert isinstance(batch, Results), batch
+        for item in batch.results:
+            result = self.client.take(item.request_id)  # None: unknown or cancelled, ignored
+            request = self._table.pop(item.request_id, None)
+            if result is not None and request is not None:
+                request.result = list(result.words)
                 if request is self._status_request:
                     self._status_ready = request  # its user timer: parsed back in the event loop
-        return count
+        return len(batch.lines)
 
     def get_pending_result(self, request: Request, blocking: bool) -> None:
         time.sleep(self.pause)
@@ -359,7 +353,7 @@ class StarterEmulation:
             raise StarterError(f"START result {start.result}: VMGAHP_ERR_INTERNAL")
         if not start.ok:
             return start  # held or requeued (spec 6.3); the caller decides
-        self.vm_id = _strtol(start.text)
+        self.vm_id = strtol(start.text)
         if self.vm_id <= 0:
             raise StarterError(f"START gave VM id {start.text!r}")
         time.sleep(self.getpid_delay)
@@ -383,7 +377,7 @@ class StarterEmulation:
         request = self.blocking("CONDOR_VM_GETPID", str(self.vm_id))
         if not request.ok:
             return 0
-        return max(0, _strtol(request.text))
+        return max(0, strtol(request.text))
 
     def suspend(self) -> Request | None:
         """VMProc::Suspend."""
@@ -485,7 +479,8 @@ class StarterEmulation:
         self._status_due = time.monotonic() + self.status_interval
         previous = self._status_request
         if previous is not None and not previous.done:
-            self._table[previous.request_id] = None  # cancelPendingRequest keeps the id reserved
+            self._table.pop(previous.request_id, None)
+            self.client.abandon(previous.request_id)  # cancelPendingRequest: the id stays reserved
         request = self.now_pending("CONDOR_VM_STATUS", str(self.vm_id), self.status_interval - 3)
         self._status_request = request
         self._status_notify = time.monotonic() + self.status_interval - 1
@@ -497,11 +492,9 @@ class StarterEmulation:
         words = request.result or []
         state = None
         if len(words) >= 3 and words[1] == "0" and words[2].upper() != "NULL":
-            for word in words[2:]:
-                key, sep, value = word.partition("=")
-                if sep and key.upper() == "STATUS":
-                    state = value.strip("\"'")
-        if state not in STATUS_STATES:
+            status = parse_status(" ".join(words[2:]))
+            state = status.state if status is not None else None
+        if state not in STATES:
             self._status_error(words)
             return
         self._status_errors = 0
@@ -521,15 +514,3 @@ class StarterEmulation:
         if self._status_errors >= STATUS_MAX_ERRORS:
             raise StarterError("Internal error occurred while managing the VM")
 
-
-def _strtol(text: str) -> int:
-    """C strtol(text, NULL, 10): leading digits, 0 when there are none."""
-    text = text.strip()
-    sign, digits = 1, ""
-    if text and text[0] in "+-":
-        sign, text = (-1 if text[0] == "-" else 1), text[1:]
-    for char in text:
-        if not char.isdigit():
-            break
-        digits += char
-    return sign * int(digits) if digits else 0

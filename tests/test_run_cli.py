@@ -23,7 +23,8 @@ import pytest
 
 from vmgahp.run import scratch
 from vmgahp.run.cli import run_main
-from vmgahp.run.starter import explain_start_failure, split_words
+from vmgahp.protocol.client import argv_words as split_words  # the starter's read_argv
+from vmgahp.run.starter import explain_start_failure
 
 TOP = Path(__file__).resolve().parents[1]
 VMGAHP = TOP / ".venv" / "bin" / "vmgahp"

@@ -16,6 +16,7 @@ import pytest
 
 from gahp_process import VMGAHP, gahp_env, job_ad
 from starter_emulation import ARGV_BUFFER, StarterCrashed, StarterEmulation
+from vmgahp.protocol.client import GahpClient
 
 VM_NAME = "alice_example.org_42.0"
 
@@ -28,9 +29,11 @@ def emulation(work: Path, **overrides) -> StarterEmulation:
                             vm_name=VM_NAME, **options)
 
 
-def fed(data: bytes) -> StarterEmulation:
+def fed(data: bytes, banner: bool = False) -> StarterEmulation:
+    """An emulation whose gahp has already written ``data`` (and, unless ``banner``, its banner)."""
     emu = emulation(Path("/nonexistent"))
-    emu._buffer = data
+    emu.client = GahpClient(banner=banner)
+    emu.client.receive_data(data)
     return emu
 
 
@@ -57,7 +60,7 @@ def test_read_argv_asserts_on_a_10_kib_word() -> None:
 
 
 def test_banner_skips_to_the_dollar_and_drops_backslashes() -> None:
-    emu = fed(b"noise $VMGahpVersion 0.0.1 May 1 2007 Condor\\ VMGAHP $\n")
+    emu = fed(b"noise $VMGahpVersion 0.0.1 May 1 2007 Condor\\ VMGAHP $\n", banner=True)
     assert emu.read_banner() == "$VMGahpVersion 0.0.1 May 1 2007 Condor VMGAHP $"
 
 

@@ -108,6 +108,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from vmgahp.protocol.client import BATCH, classify
+from vmgahp.protocol.wire import split_words as gahp_split  # the gahp's own splitter (spec 2.2)
+
 SCRATCH_PLACEHOLDER = "/var/lib/condor/execute/dir_4242"
 UID_PLACEHOLDER = "<condor uid>"
 REPO = Path(__file__).resolve().parent.parent
@@ -137,7 +140,7 @@ class NoOutput(StepFailure):
 class Send:
     text: str
     line_no: int
-    command: str | None = None  # upper-cased command word; None for an ad line
+    command: str | None = None  # the command's name; None for an ad line or a line the gahp refuses
     request_id: int | None = None
     clears_flag: bool = False  # RESULTS or ASYNC_MODE_ON (one word, not in an ad)
     is_results: bool = False
@@ -234,24 +237,6 @@ class Transcript:
 
 
 # ------------------------------------------------------------------------- parsing
-def gahp_split(line: str) -> list[str]:
-    """Split a command line the way the gahp does (spec 2.2), quirks included."""
-    words = [""]
-    i = 0
-    while i < len(line):
-        ch = line[i]
-        if ch == "\\":
-            i += 1
-            if i < len(line) - 1:  # an escaped last character is dropped
-                words[-1] += line[i]
-        elif ch in " \t\r\n":
-            words.append("")
-        else:
-            words[-1] += ch
-        i += 1
-    return words
-
-
 def _expand(text: str) -> str:
     return text.replace("{{SP}}", " ").replace("{{TAB}}", "\t")
 
@@ -270,32 +255,22 @@ def _expectation(text: str, line_no: int, regex: bool) -> Expect:
 
 
 class _Classifier:
-    """Tracks CLASSAD blocks so sent lines are classified as the gahp sees them."""
+    """Tracks CLASSAD blocks so sent lines are classified as the gahp sees them
+    (the protocol client's rules: ``classify`` says which reply a line gets)."""
 
     def __init__(self) -> None:
         self.in_ad = False
 
     def send(self, text: str, line_no: int) -> Send:
-        if self.in_ad:
-            if text.upper() == "CLASSAD_END":
-                self.in_ad = False
-                return Send(text, line_no, command="CLASSAD_END")
-            return Send(text, line_no)
-        words = gahp_split(text)
-        command = words[0].upper()
-        alone = len(words) == 1
-        if command == "CLASSAD" and alone:
-            self.in_ad = True
-        request_id = None
-        if command.startswith("CONDOR_VM_") and len(words) == 3 and words[1].isdigit():
-            request_id = int(words[1])
+        line = classify(text, self.in_ad)
+        self.in_ad = line.in_ad
         return Send(
             text,
             line_no,
-            command=command,
-            request_id=request_id,
-            clears_flag=alone and command in ("RESULTS", "ASYNC_MODE_ON"),
-            is_results=alone and command == "RESULTS",
+            command=line.command,
+            request_id=line.request_id,
+            clears_flag=line.command in ("RESULTS", "ASYNC_MODE_ON"),
+            is_results=line.reply == BATCH,
         )
 
 

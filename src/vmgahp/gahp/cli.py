@@ -125,9 +125,10 @@ def _kill(invocation: Invocation) -> int:
 
 def _serve(invocation: Invocation, user: object) -> int:
     from vmgahp.gahp.startup import PendingPreflight, StartupError
+    from vmgahp.protocol.env import read_gahp_environment
 
-    vm_type = os.environ.get("VMGAHP_VMTYPE", "").strip().lower()
-    working_dir = os.environ.get("VMGAHP_WORKING_DIR", "")
+    env = read_gahp_environment(os.environ)
+    vm_type, working_dir = env.vm_type, env.working_dir
     if not vm_type:
         raise StartupError("cannot find vmtype (VMGAHP_VMTYPE is not set)")
     if not working_dir:

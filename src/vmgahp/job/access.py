@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import stat
 
+from vmgahp.protocol.env import read_gahp_environment
+
 
 class JobUser:
     """The job's owner: uid, primary gid and (looked up once) its groups."""
@@ -103,10 +105,5 @@ def ancestors_searchable(path: str, user: JobUser) -> bool:
 
 def job_user_from_env(environ: dict[str, str] | os._Environ[str]) -> JobUser | None:
     """VMGAHP_USER_UID/GID; unset, empty, non-numeric or <= 0 counts as unset."""
-    uid_text = environ.get("VMGAHP_USER_UID", "").strip()
-    if not uid_text.isdigit() or int(uid_text) <= 0:
-        return None
-    uid = int(uid_text)
-    gid_text = environ.get("VMGAHP_USER_GID", "").strip()
-    gid = int(gid_text) if gid_text.isdigit() and int(gid_text) > 0 else uid
-    return JobUser(uid, gid)
+    env = read_gahp_environment(environ)
+    return None if env.uid is None or env.gid is None else JobUser(env.uid, env.gid)

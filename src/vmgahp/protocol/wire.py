@@ -159,6 +159,34 @@ def parse_vm_id(word: str) -> int | None:
     return value if value <= INT_MAX else 0
 
 
+# C's number parsing, as the starter reads its words (strtol/strtod: the
+# longest valid prefix, 0 when there is none; hex floats are not handled).
+_C_SPACE = " \t\n\v\f\r"
+_STRTOL = re.compile(r"[+-]?[0-9]+")
+_STRTOD = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)", re.I)
+LONG_MAX = (1 << 63) - 1
+
+
+def strtol(word: str) -> int:
+    """C ``strtol(word, NULL, 10)``: "12abc" is 12, "x" is 0; clamped to a C long."""
+    match = _STRTOL.match(word.lstrip(_C_SPACE))
+    if match is None:
+        return 0
+    text = match.group()
+    negative = text[0] == "-"
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 19:  # beyond a long (and int() of 5,000 digits raises)
+        return -LONG_MAX - 1 if negative else LONG_MAX
+    value = -int(digits) if negative else int(digits)
+    return max(-LONG_MAX - 1, min(LONG_MAX, value))
+
+
+def strtod(word: str) -> float:
+    """C ``strtod(word, NULL)``: "1.5s" is 1.5, "x" is 0.0."""
+    match = _STRTOD.match(word.lstrip(_C_SPACE))
+    return float(match.group()) if match else 0.0
+
+
 def is_request_id(word: str) -> bool:
     return parse_request_id(word) is not None
 

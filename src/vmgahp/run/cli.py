@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmgahp.protocol.env import gahp_environment
 from vmgahp.run import defaults as defaults_mod
 from vmgahp.run import scratch as scratch_mod
 from vmgahp.run.progress import Progress, hms, size
@@ -205,21 +206,17 @@ def gahp_env(job: Job, scratch: Path, user: scratch_mod.JobUser,
              defaults: tuple[defaults_mod.Default, ...] | list[defaults_mod.Default] = ()) -> dict[str, str]:
     """The gahp's environment as the starter builds it (spec 1.3), plus the
     host defaults for knobs the configuration does not set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VMGAHP_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMGAHP_")}  # none inherited
     for default in defaults:
         env[f"_CONDOR_{default.knob}"] = default.value
     package_root = str(Path(__file__).resolve().parents[2])  # so `python -m vmgahp` finds this vmgahp
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env.update(
-        VMGAHP_VMTYPE=job.vm_type,
-        VMGAHP_WORKING_DIR=str(scratch),
         _CONDOR_VM_GAHP_LOG=str(scratch / scratch_mod.GAHP_LOG),
         _CONDOR_JOB_IWD=str(job.iwd),
         BATCH_SYSTEM="HTCondor",
     )
-    if user.uid > 0:  # set only when > 0 (vm_gahp_server.cpp:294-316)
-        env["VMGAHP_USER_UID"] = str(user.uid)
-        env["VMGAHP_USER_GID"] = str(user.gid if user.gid > 0 else user.uid)
+    env.update(gahp_environment(job.vm_type, str(scratch), user.uid, user.gid))
     return env
 
 

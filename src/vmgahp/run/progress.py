@@ -10,8 +10,9 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from typing import TextIO
+
+from vmgahp.protocol.status import Status
 
 PLAIN_EVERY = 30.0
 
@@ -28,43 +29,6 @@ def size(nbytes: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{nbytes} B"  # pragma: no cover
-
-
-@dataclass
-class Status:
-    """What one ``CONDOR_VM_STATUS`` said (keys as the starter reads them)."""
-
-    state: str
-    cpu_time: float | None = None
-    utilization: float | None = None
-    memory_kib: int | None = None
-    max_memory_kib: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "Status | None":
-        """``[MAC=..] [IP=..] STATUS=<state>[ CPUUTILIZATION=.. CPUTIME=..[ MEMORY=..][ MAXMEMORY=..]]``."""
-        fields: dict[str, str] = {}
-        for word in text.split():
-            key, sep, value = word.partition("=")
-            if sep:
-                fields[key.upper()] = value.strip("\"'")
-        state = fields.get("STATUS")
-        if not state:
-            return None
-
-        def number(key: str, kind: type) -> float | int | None:
-            try:
-                return kind(fields[key]) if key in fields else None
-            except ValueError:
-                return None
-
-        return cls(
-            state=state,
-            cpu_time=number("CPUTIME", float),  # type: ignore[arg-type]
-            utilization=number("CPUUTILIZATION", float),  # type: ignore[arg-type]
-            memory_kib=number("MEMORY", int),  # type: ignore[arg-type]
-            max_memory_kib=number("MAXMEMORY", int),  # type: ignore[arg-type]
-        )
 
 
 class Progress:

@@ -12,36 +12,25 @@ Differences from the starter, all about waiting less: no one-second sleeps
 after each line, no 30-second pause before ``GETPID``, and a status interval
 of seconds rather than ``VM_STATUS_INTERVAL``'s minimum of 30.
 
-Everything here is single-threaded: one ``select`` loop over the gahp's
-stdout and a signal wake-up pipe, so Ctrl-C is seen at once but never splits
-a command from its reply.
+This module is the starter's policy (what to send when, what a reply means
+for the job); the process and its pipes are :mod:`vmgahp.run.gahp`, the
+protocol itself :mod:`vmgahp.protocol.client`.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
-import select
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
 from vmgahp import errors
-from vmgahp.run.progress import Progress, Status
+from vmgahp.protocol.status import STATES, Status, parse_status
+from vmgahp.run.gahp import Gahp, GahpDied, GahpFailure, HardStop, Interrupts, gahp_command, kill_mode
+from vmgahp.run.progress import Progress
 from vmgahp.run.submit import quote
 
-BANNER_TIMEOUT = 90.0  # the gahp checks its configuration and the hypervisor first (up to 30 s)
-REPLY_TIMEOUT = 60.0  # an immediate S/E reply; the real starter would wait forever
-BLOCKING_POLL = 2.0  # a blocking request polls RESULTS this often (vm_gahp_server.cpp)
-QUIT_TIMEOUT = 60.0  # QUIT destroys the VMs first (bounded by the gahp)
-EXIT_TIMEOUT = 30.0
-KILL_MODE_TIMEOUT = 90.0
 HARD_QUIT_TIMEOUT = 20.0
 
 NEEDED_COMMANDS = (
@@ -87,339 +76,6 @@ def explain_start_failure(token: str) -> tuple[bool, str]:
         what = ("on a pool the job would be REQUEUED and the machine would stop offering VM universe "
                 f"(HasVM = false, VMOfflineReason {token!r}): the starter blames the machine, not the job")
     return token in errors.HOLD_TOKENS, (f"{hint}; {what}" if hint else what)
-
-
-class GahpFailure(Exception):
-    """The gahp died, hung, or broke the protocol."""
-
-
-class GahpDied(GahpFailure):
-    pass
-
-
-class HardStop(Exception):
-    """A second interrupt: stop everything now."""
-
-
-@dataclass(frozen=True)
-class Result:
-    ok: bool
-    text: str
-
-
-def split_words(line: str) -> list[str]:
-    """The starter's ``read_argv``: a backslash makes the next byte literal, spaces split."""
-    words, current, escaped = [], [], False
-    for char in line:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == "\r":
-            continue
-        elif char == " ":
-            words.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    words.append("".join(current))
-    return words
-
-
-class Interrupts:
-    """SIGINT and SIGTERM, counted; a pipe wakes the select loop when one arrives."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.signal_name = ""
-        self._read, self._write = os.pipe()
-        for fd in (self._read, self._write):
-            os.set_blocking(fd, False)
-            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-        self._saved: dict[int, object] = {}
-        self._saved_fd: int | None = None
-
-    @property
-    def fd(self) -> int:
-        return self._read
-
-    def install(self) -> None:
-        try:
-            self._saved_fd = signal.set_wakeup_fd(self._write)
-        except ValueError:  # not the main thread: signals cannot reach us anyway
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._saved[signum] = signal.signal(signum, self._handler)
-
-    def _handler(self, signum: int, _frame: object) -> None:
-        self.count += 1
-        self.signal_name = signal.Signals(signum).name
-
-    def drain(self) -> None:
-        try:
-            while os.read(self._read, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def restore(self) -> None:
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-        if self._saved_fd is not None:
-            signal.set_wakeup_fd(self._saved_fd)
-        self._saved.clear()
-        for fd in (self._read, self._write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-class Gahp:
-    """One ``vmgahp -f -M 3`` process and the starter's side of its pipes."""
-
-    hard_level = 2  # interrupts that abort even a pending request
-
-    def __init__(
-        self,
-        argv: list[str],
-        env: dict[str, str],
-        cwd: Path,
-        stderr_path: Path,
-        interrupts: Interrupts,
-        trace: TextIO | None = None,
-    ) -> None:
-        self.interrupts = interrupts
-        self.trace = trace
-        try:
-            with open(stderr_path, "wb") as stderr:
-                self.proc = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=cwd,
-                    start_new_session=True,  # Ctrl-C on the terminal is ours to handle, not the gahp's
-                )
-        except OSError as exc:
-            raise GahpFailure(f"cannot run the gahp {argv[0]}: {exc}") from exc
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._fd = self.proc.stdout.fileno()
-        self._buffer = b""
-        self._results: dict[int, Result] = {}
-        self._abandoned: set[int] = set()
-        self.notified = False
-        self._next_id = 1  # new_reqid() increments first: the first id is 2
-
-    # ------------------------------------------------------------ raw I/O
-    def _trace(self, prefix: str, line: str) -> None:
-        if self.trace is not None:
-            self.trace.write(f"{prefix} {line}\n")
-            self.trace.flush()
-
-    def send(self, line: str) -> None:
-        self._trace(">", line)
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(line.encode() + b"\r\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise GahpDied(f"the gahp closed its stdin ({exc})") from exc
-
-    def _pop_line(self) -> str | None:
-        if b"\n" not in self._buffer:
-            return None
-        raw, self._buffer = self._buffer.split(b"\n", 1)
-        line = raw.decode(errors="replace")
-        self._trace("<", line)
-        return line
-
-    def _fill(self, until: float, *, interruptible: bool) -> bool:
-        """Read more output. False when ``until`` passed, or a signal arrived and ``interruptible``."""
-        while True:
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return False
-            ready, _, _ = select.select([self._fd, self.interrupts.fd], [], [], remaining)
-            if self.interrupts.fd in ready:
-                self.interrupts.drain()
-                if self.interrupts.count >= self.hard_level:
-                    raise HardStop()
-                if interruptible:
-                    return False
-            if self._fd in ready:
-                try:
-                    chunk = os.read(self._fd, 65536)
-                except OSError as exc:
-                    if exc.errno == errno.EINTR:
-                        continue
-                    raise GahpDied(f"cannot read the gahp's stdout: {exc}") from exc
-                if not chunk:
-                    raise GahpDied("the gahp closed its stdout")
-                self._buffer += chunk
-                return True
-
-    def read_line(self, timeout: float) -> str:
-        """The next line, whatever it is (a first interrupt does not cut it short)."""
-        until = time.monotonic() + timeout
-        while True:
-            line = self._pop_line()
-            if line is not None:
-                return line
-            if not self._fill(until, interruptible=False) and time.monotonic() >= until:
-                raise GahpFailure(f"no answer from the gahp within {timeout:.0f} s")
-
-    @staticmethod
-    def is_notification(line: str) -> bool:
-        words = split_words(line)
-        return len(words) == 1 and words[0].startswith("R")  # read_argv: any one-word R... line
-
-    def reply(self, timeout: float = REPLY_TIMEOUT) -> str:
-        """The next line that is not an ``R`` notification."""
-        while True:
-            line = self.read_line(timeout)
-            if self.is_notification(line):
-                self.notified = True
-                continue
-            return line
-
-    def command(self, line: str, timeout: float = REPLY_TIMEOUT) -> str:
-        self.send(line)
-        return self.reply(timeout)
-
-    def idle(self, until: float) -> None:
-        """Wait for an ``R``, a signal, or ``until``."""
-        while True:
-            line = self._pop_line()
-            if line is not None:
-                if self.is_notification(line):
-                    self.notified = True
-                    return
-                continue  # nothing else may arrive unasked; the starter ignores it too
-            if not self._fill(until, interruptible=True):
-                return
-
-    # ------------------------------------------------------------ protocol
-    def read_banner(self, timeout: float = BANNER_TIMEOUT) -> str:
-        """Everything before the first ``$`` is skipped; backslashes are dropped."""
-        until = time.monotonic() + timeout
-        while True:
-            line = self.read_line(max(0.1, until - time.monotonic()))
-            if "$" in line:
-                return line[line.index("$") :].replace("\\", "")
-
-    def new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    def submit(self, command: str, argument: str) -> int:
-        """Send a VM command; its immediate reply must be ``S``."""
-        request_id = self.new_id()
-        reply = self.command(f"{command} {request_id} {argument}")
-        if not reply.startswith("S"):
-            raise GahpFailure(f"{command} was refused: {reply!r}")
-        return request_id
-
-    def poll(self) -> None:
-        """``RESULTS``: collect every finished result."""
-        self.notified = False
-        reply = self.command("RESULTS")
-        words = split_words(reply)
-        if len(words) < 2 or not words[0].startswith("S"):
-            raise GahpFailure(f"bad RESULTS reply {reply!r}")
-        try:
-            count = int(words[1])
-        except ValueError as exc:
-            raise GahpFailure(f"bad RESULTS reply {reply!r}") from exc
-        for _ in range(count):
-            words = split_words(self.reply())
-            try:
-                request_id = int(words[0])
-            except ValueError:
-                continue  # "Bad RESULTS line": skipped, as the starter does
-            if request_id <= 0 or len(words) < 2:
-                continue
-            if request_id in self._abandoned:
-                self._abandoned.discard(request_id)
-                continue
-            text = " ".join(words[2:]) if len(words) > 2 else ""
-            self._results[request_id] = Result(words[1] == "0", text)
-
-    def take(self, request_id: int) -> Result | None:
-        return self._results.pop(request_id, None)
-
-    def abandon(self, request_id: int) -> None:
-        """Forget a request (its result, when it comes, is dropped)."""
-        if self._results.pop(request_id, None) is None:
-            self._abandoned.add(request_id)
-
-    def wait_result(self, request_id: int, timeout: float) -> Result:
-        """A blocking request: poll on ``R`` or every 2 s until the result is in."""
-        until = time.monotonic() + timeout
-        while request_id not in self._results:
-            now = time.monotonic()
-            if now >= until:
-                self.abandon(request_id)
-                raise GahpFailure(f"request {request_id} got no result within {timeout:.0f} s")
-            if not self.notified:
-                self.idle(min(until, now + BLOCKING_POLL))
-            self.poll()
-        return self._results.pop(request_id)
-
-    def call(self, command: str, argument: str, timeout: float) -> Result:
-        return self.wait_result(self.submit(command, argument), timeout)
-
-    # ------------------------------------------------------------ ending
-    def quit(self, timeout: float = QUIT_TIMEOUT) -> int | None:
-        """``QUIT``, then wait for the process. Its exit status, or None if it had to be killed."""
-        if self.proc.poll() is None:
-            try:
-                reply = self.command("QUIT", timeout)
-                if not reply.startswith("S"):
-                    self._trace("!", f"QUIT answered {reply!r}")
-            except GahpDied:
-                pass
-            except GahpFailure:
-                self.kill()
-        return self.wait_exit()
-
-    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
-
-
-def gahp_command(server: str | None) -> list[str]:
-    """The gahp binary (the starter's VM_GAHP_SERVER): by default, this vmgahp."""
-    return [server] if server else [sys.executable, "-m", "vmgahp"]
-
-
-def kill_mode(vm_type: str, vm_name: str, env: dict[str, str], server: str | None = None) -> tuple[int | None, str]:
-    """``vmgahp -f -M 4 vmtype T match NAME``, as the starter runs it after every job."""
-    argv = gahp_command(server) + ["-f", "-M", "4", "vmtype", vm_type, "match", vm_name]
-    try:
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, cwd="/", timeout=KILL_MODE_TIMEOUT,
-            start_new_session=True, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"kill mode did not finish within {KILL_MODE_TIMEOUT:.0f} s"
-    return done.returncode, done.stderr.decode(errors="replace").strip()
 
 
 def log_details(log_path: Path, request_id: int | None = None, limit: int = 5) -> list[str]:
@@ -588,28 +244,28 @@ class Starter:
         self._vacate(gahp, vm_id, reason)
 
     def _handshake(self, gahp: Gahp) -> None:
-        reply = gahp.command("COMMANDS")
-        if not reply.startswith("S"):
-            raise GahpFailure(f"COMMANDS failed: {reply!r}")
-        offered = {word.upper() for word in split_words(reply)[1:]}
+        reply = gahp.exchange("COMMANDS")
+        if not reply.ok:
+            raise GahpFailure(f"COMMANDS failed: {reply.line!r}")
+        offered = {word.upper() for word in reply.words[1:]}
         missing = [name for name in NEEDED_COMMANDS if name not in offered]
         if missing:
             raise GahpFailure(f"the gahp does not offer {', '.join(missing)} (VMGAHP_REQ_COMMAND_NOT_SUPPORTED)")
-        reply = gahp.command("SUPPORT_VMS")
-        types = {word.lower() for word in split_words(reply)[1:]}
-        if not reply.startswith("S") or self.vm_type not in types:
+        reply = gahp.exchange("SUPPORT_VMS")
+        types = {word.lower() for word in reply.words[1:]}
+        if not reply.ok or self.vm_type not in types:
             raise GahpFailure(
-                f"the gahp does not support vm_type {self.vm_type} (SUPPORT_VMS: {reply!r}); "
+                f"the gahp does not support vm_type {self.vm_type} (SUPPORT_VMS: {reply.line!r}); "
                 "is its hypervisor library installed? (VMGAHP_REQ_VMTYPE_NOT_SUPPORTED)"
             )
-        if not gahp.command("ASYNC_MODE_ON").startswith("S"):
+        if not gahp.exchange("ASYNC_MODE_ON").ok:
             raise GahpFailure("ASYNC_MODE_ON failed")
-        if not gahp.command("CLASSAD").startswith("S"):
+        if not gahp.exchange("CLASSAD").ok:
             raise GahpFailure("CLASSAD failed")
         gahp.send(f"VM_WORKING_DIR = {quote(str(self.scratch))}")  # always first (vm_gahp_server.cpp)
         for line in self.ad_lines:
             gahp.send(line)
-        if not gahp.command("CLASSAD_END").startswith("S"):
+        if not gahp.exchange("CLASSAD_END").ok:
             raise GahpFailure("CLASSAD_END failed")
 
     def _poll_status(self, gahp: Gahp, vm_id: str) -> str:
@@ -648,8 +304,8 @@ class Starter:
                                       "(the starter would give up: 'Internal error occurred while managing the VM')")
                 continue
             pending = None
-            status = Status.parse(result.text) if result.ok and result.text.upper() != "NULL" else None
-            if status is None or status.state not in ("Running", "Suspended", "SoftSuspended", "Stopped"):
+            status = parse_status(result.text) if result.ok and result.text.upper() != "NULL" else None
+            if status is None or status.state not in STATES:
                 errors_in_a_row += 1
                 self.progress.say(f"bad status reply {result.text!r} ({errors_in_a_row}/{settings.status_max_errors})")
                 if errors_in_a_row >= settings.status_max_errors:
@@ -660,7 +316,7 @@ class Starter:
             if status.state == "Stopped":
                 return STOPPED
             if status.cpu_time is None and self.outcome.last_status is not None:
-                status.cpu_time = self.outcome.last_status.cpu_time
+                status = status._replace(cpu_time=self.outcome.last_status.cpu_time)  # the starter keeps it
             self.outcome.last_status = status
             self.progress.update(status, time.monotonic() - started)
 

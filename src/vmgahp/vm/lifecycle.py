@@ -27,6 +27,7 @@ from vmgahp.drivers.base import Capability, Domain, DomainState, Hypervisor, Hyp
 from vmgahp.errors import GahpError
 from vmgahp.job.workdir import fsync_dir, give_to, write_atomically
 from vmgahp.protocol import tokens
+from vmgahp.protocol.status import format_status
 from vmgahp.vm import checkpoint
 from vmgahp.vm.failures import as_gahp_error
 
@@ -140,16 +141,8 @@ class VirtualMachine:
             raise as_gahp_error("CONDOR_VM_STATUS", exc, "domain lookup") from exc
         if info.state is DomainState.RUNNING:
             utilization = self._cpu.sample(info.cpu_time_ns, info.vcpus)
-            words = [
-                "STATUS=Running",
-                f"CPUUTILIZATION={utilization:f}",
-                f"CPUTIME={info.cpu_time_ns / 1e9:f}",
-            ]
-            if info.memory_kib:
-                words.append(f"MEMORY={info.memory_kib}")
-            if info.max_memory_kib:
-                words.append(f"MAXMEMORY={info.max_memory_kib}")
-            return " ".join(words)
+            return format_status("Running", utilization=utilization, cpu_time=info.cpu_time_ns / 1e9,
+                                 memory_kib=info.memory_kib, max_memory_kib=info.max_memory_kib)
         if info.state is DomainState.PAUSED:
             return "STATUS=Suspended"
         # The domain is gone or shut off. While this gahp is saving or
