@@ -55,7 +55,7 @@ class Job:
 
     def put(self, name: str, data: bytes) -> str:
         """Upload ``data`` as ``folder/name``; returns that relative path."""
-        source = self.local / name
+        source = self.local / name.replace("/", "_")
         source.write_bytes(data)
         self.client.upload(self.where, source, f"{self.folder}/{name}")
         return f"{self.folder}/{name}"

@@ -110,10 +110,11 @@ def place(session: Session, deadline: Deadline, *, datacenter: str | None = None
     dc = _choose("datacenter", datacenter, dcs, "the inventory")
     dc_path = inventory_path(dc)
     where = f"datacenter {dc_path!r}"
-    dc_props = session.props(dc, ["datastore", "vmFolder", "hostFolder"], deadline, what)
+    dc_props = session.props(dc, ["datastoreFolder", "vmFolder", "hostFolder"], deadline, what)
 
-    stores = session.retrieve(what, deadline, [_obj_spec(d) for d in dc_props.get("datastore", [])],
-                              [_prop_spec(vim.Datastore, ["name"])])  # fmt: skip
+    # Views, not the datacenter's reference lists: those can name objects already gone
+    # (vcsim's ESXi model has a stale datastore in it), which fails a whole retrieval.
+    stores = inventory(session, dc_props["datastoreFolder"], [vim.Datastore], ["name"], deadline, what)
     ds = _choose("datastore", datastore, [_Candidate((p["name"],), p["name"], o) for o, p in stores], where)
     ds_name = next(p["name"] for o, p in stores if o._moId == ds._moId)
 
@@ -160,8 +161,8 @@ def find_network(session: Session, placement: Placement, name: str, deadline: De
     from pyVmomi import vim
 
     what = f"network {name!r}"
-    networks = session.props(placement.datacenter, ["network"], deadline, what).get("network", [])
-    found = session.retrieve(what, deadline, [_obj_spec(n) for n in networks], [_prop_spec(vim.Network, ["name"])])
+    folder = session.props(placement.datacenter, ["networkFolder"], deadline, what)["networkFolder"]
+    found = inventory(session, folder, [vim.Network], ["name"], deadline, what)
     obj = _choose("network", name, [_Candidate((p["name"],), p["name"], o) for o, p in found],
                   f"datacenter {placement.dc_path!r}")  # fmt: skip
     if isinstance(obj, vim.dvs.DistributedVirtualPortgroup):
@@ -170,14 +171,3 @@ def find_network(session: Session, placement: Placement, name: str, deadline: De
         return Network(name, obj, switch_uuid=switch["uuid"], portgroup_key=pg["key"])
     return Network(name, obj)
 
-
-def _obj_spec(obj: Any) -> Any:
-    from pyVmomi import vmodl
-
-    return vmodl.query.PropertyCollector.ObjectSpec(obj=obj)
-
-
-def _prop_spec(kind: type, paths: Sequence[str]) -> Any:
-    from pyVmomi import vmodl
-
-    return vmodl.query.PropertyCollector.PropertySpec(type=kind, pathSet=list(paths))
