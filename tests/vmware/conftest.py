@@ -63,14 +63,15 @@ class Job:
     def register(self, name: str = "job", files: dict[str, bytes] | None = None) -> Vm:
         """A VM registered from ``folder/<name>.vmx``.
 
-        vcsim opens ``<name>.nvram`` and ``vmware.log`` beside the VMX when registering
-        (and NotFound without them), where a real host would create them.
+        vcsim opens ``<VM name>.nvram`` and ``vmware.log`` beside the VMX when registering
+        (NotFound without them), where a real host reads the VMX and makes what is missing.
         """
-        wanted = {f"{name}.vmx": b'config.version = "8"\nvirtualHW.version = "13"\n', f"{name}.nvram": b"NVRAM",
+        vm_name = f"{name}-{self.folder}"  # unique in the shared simulator
+        wanted = {f"{name}.vmx": b'config.version = "8"\nvirtualHW.version = "13"\n', f"{vm_name}.nvram": b"NVRAM",
                   "vmware.log": b"", **(files or {})}  # fmt: skip
         for file, data in wanted.items():
             self.put(file, data)
-        return self.client.register(self.where, f"{self.folder}/{name}.vmx", f"{name}-{self.folder}")
+        return self.client.register(self.where, f"{self.folder}/{name}.vmx", vm_name)
 
 
 def datastore_dir(where: Placement) -> Path:
