@@ -79,12 +79,16 @@ def datastore_dir(where: Placement) -> Path:
     return Path(where.datastore.info.url)
 
 
-@pytest.fixture
-def job(vcsim: Vcsim, connect: Callable[..., VSphere], tmp_path: Path) -> Job:
-    client = connect(vcsim)
+def new_job(client: VSphere, scratch: Path) -> Job:
+    """A Job on ``client``'s (vCenter model) simulator, with a new folder."""
     where = client.placement(pool=POOL)
     folder = f"job-{uuid.uuid4().hex[:8]}"
     client.make_folder(where, folder)
-    local = tmp_path / "local"
+    local = scratch / f"local-{folder}"
     local.mkdir()
     return Job(client, where, folder, datastore_dir(where), local)
+
+
+@pytest.fixture
+def job(vcsim: Vcsim, connect: Callable[..., VSphere], tmp_path: Path) -> Job:
+    return new_job(connect(vcsim), tmp_path)
