@@ -180,7 +180,10 @@ def _disk_changes(spec: VmSpec, devices: Sequence[Any], vm_dir: str, keys: _Keys
                     return key, unit
         # No SCSI controller, or all full: add an LSI Logic one (drivers in every guest).
         buses = {d.busNumber for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)}
-        bus = min(set(range(4)) - buses - {c.device.busNumber for c in changes if _is_scsi(c)})
+        free_buses = set(range(4)) - buses - {c.device.busNumber for c in changes if _is_scsi(c)}
+        if not free_buses:
+            raise ValueError("no free SCSI slot for another disk (4 controllers, all full)")
+        bus = min(free_buses)
         controller = vim.vm.device.VirtualLsiLogicController(key=keys(), busNumber=bus, sharedBus="noSharing")
         changes.append(_change("add", controller))
         controllers.append(controller.key)
