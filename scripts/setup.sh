@@ -3,7 +3,8 @@
 # Debian packages (libvirt + QEMU, image tools, Python with venv and a C
 # compiler for libvirt-python), the libvirt-qemu user, /var/log/libvirt and a
 # qemu.conf fit for running without systemd, a .venv in the checkout with
-# vmgahp installed, and the tiny test guest. Idempotent: a second run only checks.
+# vmgahp installed, the tiny test guest and the vSphere API simulator (built
+# from Debian's govmomi source). Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOP=$(pwd)
@@ -13,6 +14,7 @@ APT_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   syslinux mtools dosfstools e2fsprogs libxml2-utils
   python3 python3-venv python3-dev gcc
+  golang-go golang-github-vmware-govmomi-dev patch openssl
 )
 
 missing=()
@@ -58,4 +60,5 @@ PY=${PYTHON:-python3}
 [ -x "$TOP/.venv/bin/pip" ] || "$PY" -m venv "$TOP/.venv"
 "$TOP/.venv/bin/pip" install -q --disable-pip-version-check -e "$TOP[test]"
 bash "$TOP/tests/guest/make-tiny-guest.sh"  # the tiny test guest, into .cache/tiny-guest (cached)
+bash "$TOP/scripts/build-vcsim.sh"          # the vSphere simulator, into .cache/vcsim (cached)
 echo "setup: done ($TOP/.venv/bin/vmgahp)"
