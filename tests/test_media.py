@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -466,17 +465,12 @@ def test_cdrom_device_already_used_by_a_disk(scratch: Path, src: dict[str, bytes
     assert leftovers(work) == []
 
 
-def test_build_time_and_size_of_a_small_image(scratch: Path, src: dict[str, bytes]) -> None:
-    """A handful of small files (about 100 KB) take well under a second."""
+def test_size_of_a_small_image(scratch: Path, src: dict[str, bytes]) -> None:
+    """A handful of small files (about 100 KB) make a small image (its build time is
+    bench/'s business, not a test's)."""
     work = workdir(scratch)
-    attach_cdrom(make_job(work, top_files(scratch)))  # warm: pycdlib imported
-    began = time.perf_counter()
-    attach_cdrom(make_job(work, top_files(scratch)))
-    elapsed = time.perf_counter() - began
-    size = (work / ISO_NAME).stat().st_size
-    print(f"\nsmall ISO: {len(src)} files, {size} bytes, {elapsed * 1e3:.1f} ms")
-    assert elapsed < 2.0
-    assert size < 400 * 1024
+    job = attach_cdrom(make_job(work, top_files(scratch)))
+    assert (Path(job.cdrom_built).stat().st_size) < 400 * 1024
 
 
 # ------------------------------------------------------------ daemon process

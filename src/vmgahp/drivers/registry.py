@@ -34,7 +34,8 @@ def drivers() -> tuple[DriverInfo, ...]:
     if _found is None:
         packages = sorted(name for name in os.listdir(_HERE)
                           if os.path.isfile(os.path.join(_HERE, name, "__init__.py")))
-        _found = tuple(importlib.import_module(f"vmgahp.drivers.{name}").DRIVER for name in packages)
+        declared = (getattr(importlib.import_module(f"vmgahp.drivers.{name}"), "DRIVER", None) for name in packages)
+        _found = tuple(info for info in declared if info is not None)  # a folder without one is no backend yet
     return _found
 
 

@@ -142,7 +142,7 @@ def _serve(invocation: Invocation, user: object) -> int:
     _check_vm_type(vm_type)
     from vmgahp.gahp import config  # noqa: F401 - pending.settings() needs it; load it now
     from vmgahp.gahp.daemon import Daemon, warm_up
-    from vmgahp.drivers.registry import available_types
+    from vmgahp.drivers.registry import available_types, load_hypervisor
     from vmgahp.protocol.session import GahpSession
 
     settings = pending.settings()
@@ -155,7 +155,8 @@ def _serve(invocation: Invocation, user: object) -> int:
     # command waits in the pipe meanwhile.
     from vmgahp.vm.runtime import Runtime
 
-    daemon.runtime = Runtime(settings, vm_type, user, daemon.report)  # type: ignore[arg-type]
+    # The backend itself is imported and connected at the first START.
+    daemon.runtime = Runtime(settings, vm_type, user, daemon.report, load_hypervisor)
     warm_up(log.get)
     log.get().info("started", vm_type=vm_type, working_dir=working_dir, version=__version__)
     try:

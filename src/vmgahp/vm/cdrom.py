@@ -37,15 +37,17 @@ import os
 import stat
 import tempfile
 import time
-import unicodedata
 from dataclasses import dataclass, field
-from itertools import count
-from typing import TYPE_CHECKING, Callable, Iterator
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from vmgahp import log
 from vmgahp.errors import GahpError
 from vmgahp.job.access import JobUser, ancestors_searchable, can_access, permits
 from vmgahp.job.model import CDROM_IMAGE as ISO_NAME
+from vmgahp.job.workdir import fsync_dir
+from vmgahp.vm.iso_names import assign_names, rr_name
 from vmgahp.job.model import Disk
 from vmgahp.protocol import tokens
 
@@ -54,11 +56,9 @@ if TYPE_CHECKING:
 
 VOLUME_ID = "VMGAHP_JOB"
 COPY_BLOCK = 1 << 20
-JOLIET_MAX_BYTES = 64  # pycdlib's limit, in UTF-8 bytes (the standard says 64 UCS-2 units)
 MAX_DEPTH = 64  # nesting of a listed directory; deeper is a loop or a mistake
 FILE_MODE = stat.S_IFREG | 0o444
 DIR_MODE = stat.S_IFDIR | 0o555
-_JOLIET_BAD = set('*/:;?\\"<>|')  # characters Joliet (and Windows) refuse
 
 
 class _Unreadable(Exception):
@@ -111,7 +111,7 @@ def attach_cdrom(job: VmJob, reuse: str | None = None) -> VmJob:
         roots = _collect(job.cdrom_files, user)
     except _Unreadable as exc:
         raise GahpError(tokens.CANNOT_READ_CDROM_FILE, str(exc)) from exc
-    _assign_names(roots, "", "")
+    assign_names(roots, "", "")
     files, size = _build(roots, iso_path, job, user)
     log.get().info(
         "cdrom_built", path=iso_path, device=device, files=files, bytes=size,
@@ -222,93 +222,6 @@ def _ancestors_searchable(path: str, user: JobUser | None) -> bool:
     return ancestors_searchable(os.path.realpath(path), user)
 
 
-# -------------------------------------------------------------------- naming
-def _assign_names(nodes: list[_Node], iso_parent: str, joliet_parent: str) -> None:
-    """Give each node its three names, unique within its directory."""
-    iso_used: set[str] = {"RR_MOVED"} if not iso_parent else set()  # pycdlib's relocation dir
-    joliet_used: set[str] = set()
-    rr_used: set[str] = set()
-    for node in nodes:
-        node.rr_name = _unique(_rr_name(node.name), rr_used, _tilde, key=str)
-        joliet = _unique(_joliet_name(node.name), joliet_used, _joliet_variant, key=str.casefold)
-        ident = _unique(_iso_ident(node.name, node.kind == "dir"), iso_used, _iso_variant, key=str)
-        node.joliet_path = f"{joliet_parent}/{joliet}"
-        node.iso_path = f"{iso_parent}/{ident}"
-        if node.kind == "dir":
-            _assign_names(node.children, node.iso_path, node.joliet_path)
-
-
-def _unique(name: str, used: set[str], variant: Callable[[str, int], str], key: Callable[[str], str]) -> str:
-    candidate = name
-    for n in count(1):
-        if key(candidate) not in used:
-            break
-        candidate = variant(name, n)
-    used.add(key(candidate))
-    return candidate
-
-
-def _rr_name(name: str) -> str:
-    # A name that is not UTF-8 on the host is stored with U+FFFD in its place.
-    return os.fsencode(name).decode("utf-8", "replace")
-
-
-def _tilde(name: str, n: int) -> str:
-    return f"{name}~{n}"
-
-
-def _d_chars(text: str) -> str:
-    """Upper-case ISO 9660 d-characters: accents dropped, the rest ``_``."""
-    out = []
-    for ch in unicodedata.normalize("NFKD", text):
-        if unicodedata.combining(ch):
-            continue
-        out.append(ch.upper() if ch.isascii() and ch.isalnum() else "_")
-    return "".join(out)
-
-
-def _split_ext(name: str) -> tuple[str, str]:
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:  # "README" or ".bashrc"
-        return name, ""
-    return stem, ext
-
-
-def _iso_ident(name: str, is_dir: bool) -> str:
-    """An 8.3 identifier (``NAME.EXT`` for files, ``NAME`` for directories)."""
-    if is_dir:
-        return _d_chars(name)[:8] or "_"
-    stem, ext = _split_ext(name)
-    return f"{_d_chars(stem)[:8] or '_'}.{_d_chars(ext)[:3]}"
-
-
-def _iso_variant(ident: str, n: int) -> str:
-    stem, dot, ext = ident.partition(".")
-    suffix = f"_{n}"
-    return f"{stem[: 8 - len(suffix)]}{suffix}{dot}{ext}"
-
-
-def _joliet_name(name: str) -> str:
-    name = _rr_name(name)
-    name = "".join("_" if ch in _JOLIET_BAD or ord(ch) < 0x20 else ch for ch in name)
-    return _fit_joliet(name, "")
-
-
-def _joliet_variant(name: str, n: int) -> str:
-    return _fit_joliet(name, f"~{n}")
-
-
-def _fit_joliet(name: str, suffix: str) -> str:
-    """``name`` with ``suffix`` before its extension, within 64 UTF-8 bytes."""
-    stem, ext = _split_ext(name)
-    ext = f".{ext}" if ext else ""
-    if len(ext.encode()) > 16:  # not a real extension: truncate the whole name
-        stem, ext = name, ""
-    room = JOLIET_MAX_BYTES - len(ext.encode()) - len(suffix.encode())
-    stem = stem.encode()[:room].decode("utf-8", "ignore")  # never split a character
-    return f"{stem}{suffix}{ext}"
-
-
 # ------------------------------------------------------------------ building
 class _Source:
     """One file's bytes for pycdlib, opened only while pycdlib copies them.
@@ -414,7 +327,7 @@ def _build(roots: list[_Node], iso_path: str, job: VmJob, user: JobUser | None) 
                                   file_mode=DIR_MODE)
             elif node.kind == "symlink":
                 iso.add_symlink(symlink_path=f"{node.iso_path};1", rr_symlink_name=node.rr_name,
-                                rr_path=_rr_name(node.target))
+                                rr_path=rr_name(node.target))
             else:
                 source = _Source(node, user)
                 sources.append(source)
@@ -433,7 +346,7 @@ def _build(roots: list[_Node], iso_path: str, job: VmJob, user: JobUser | None) 
             size = os.fstat(out.fileno()).st_size
         os.replace(tmp, iso_path)
         tmp = ""
-        _sync_dir(job.working_dir)
+        fsync_dir(Path(job.working_dir))  # the rename survives a host crash
         return len(sources), size
     except _Unreadable as exc:
         raise GahpError(tokens.CANNOT_READ_CDROM_FILE, str(exc)) from exc
@@ -447,13 +360,3 @@ def _build(roots: list[_Node], iso_path: str, job: VmJob, user: JobUser | None) 
             source.close()
         with contextlib.suppress(Exception):
             iso.close()
-
-
-def _sync_dir(path: str) -> None:
-    # Best effort: the rename survives a host crash only once the directory is synced.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

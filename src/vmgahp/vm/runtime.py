@@ -49,12 +49,6 @@ CLEANUP_DEADLINE = 15.0
 MAX_BACKLOG = 64  # unfinished requests; the starter never has more than a few
 
 
-def _default_factory(vm_type: str, settings: Settings) -> Hypervisor:
-    from vmgahp.drivers.registry import load_hypervisor
-
-    return load_hypervisor(vm_type, settings)
-
-
 class Runtime:
     def __init__(
         self,
@@ -62,7 +56,7 @@ class Runtime:
         vm_type: str,
         user: JobUser | None,
         report: Report,
-        hypervisor_factory: HypervisorFactory = _default_factory,
+        hypervisor_factory: HypervisorFactory,
     ) -> None:
         self.settings = settings
         self.vm_type = vm_type
