@@ -29,6 +29,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmgahp.job.access import JobUser, can_enter
+from vmgahp.job.workdir import give_to, give_tree_to
 from vmgahp.protocol.env import gahp_environment
 from vmgahp.run import defaults as defaults_mod
 from vmgahp.run import scratch as scratch_mod
@@ -105,7 +107,8 @@ def _err(text: str) -> None:
 class Plan:
     submit_path: Path
     job: Job
-    user: scratch_mod.JobUser
+    user: JobUser
+    user_why: str  # how the job user was chosen, for the header
     output: Path
     output_given: bool
     resume_dir: Path | None
@@ -144,7 +147,7 @@ class _UsageError(Exception):
 def _plan(options: argparse.Namespace) -> Plan:
     submit_path = Path(options.submit_file)
     description = load(submit_path)
-    user = scratch_mod.job_user(submit_path.resolve().parent)
+    chosen = scratch_mod.choose_job_user(submit_path.resolve().parent)
     resume_dir = Path(options.resume).resolve() if options.resume else None
     resume_files: list[Path] = []
     if resume_dir is not None:
@@ -155,7 +158,7 @@ def _plan(options: argparse.Namespace) -> Plan:
             raise _UsageError(f"--resume {options.resume}: the directory holds no checkpoint files")
     job = build(
         description,
-        Identity(user.login, full_hostname()),
+        Identity(chosen.user.login, full_hostname()),
         cluster_id=options.cluster_id,
         transfer_intermediate=tuple(p.name for p in resume_files),
         default_request_cpus=_configured("JOB_DEFAULT_REQUESTCPUS", "1"),
@@ -172,10 +175,11 @@ def _plan(options: argparse.Namespace) -> Plan:
             base = Path.cwd()
         output, given = base / f"{name}.out", False
     try:
-        chosen = defaults_mod.choose(job.vm_type, defaults_mod.configured)
+        host_defaults = defaults_mod.choose(job.vm_type, defaults_mod.configured)
     except OSError as exc:
         raise _UsageError(f"cannot work out defaults for this host: {exc}") from exc
-    return Plan(submit_path, job, user, output, given, resume_dir, resume_files, options.max_wall, chosen)
+    return Plan(submit_path, job, chosen.user, chosen.why, output, given, resume_dir, resume_files, options.max_wall,
+                host_defaults)
 
 
 def _configured(knob: str, default: str) -> str:
@@ -202,7 +206,7 @@ def _starter_settings(options: argparse.Namespace) -> StarterSettings:
     return settings
 
 
-def gahp_env(job: Job, scratch: Path, user: scratch_mod.JobUser,
+def gahp_env(job: Job, scratch: Path, user: JobUser,
              defaults: tuple[defaults_mod.Default, ...] | list[defaults_mod.Default] = ()) -> dict[str, str]:
     """The gahp's environment as the starter builds it (spec 1.3), plus the
     host defaults for knobs the configuration does not set."""
@@ -231,12 +235,12 @@ def _run(plan: Plan, options: argparse.Namespace) -> int:
     try:
         try:
             scratch = scratch_mod.make_scratch(Path(options.scratch_root).resolve() if options.scratch_root else None)
-            if not scratch_mod.reachable(scratch, plan.user):
+            if os.geteuid() == 0 and not can_enter(str(scratch), plan.user):  # root hands it to the job user
                 _err(f"the job user {plan.user.login} (uid {plan.user.uid}) cannot reach {scratch}: a directory "
                      "above it is private; choose another place with --scratch-root (or TMPDIR)")
                 return EXIT_FAILED
             names = scratch_mod.transfer_in(scratch, job.inputs, plan.resume_files)
-            scratch_mod.chown_tree(scratch, plan.user)
+            give_tree_to(scratch, plan.user.uid, plan.user.gid)
         except OSError as exc:
             _err(f"cannot prepare the scratch directory: {exc}")
             keep = True
@@ -300,7 +304,7 @@ def _header(plan: Plan) -> None:
     print(f"vmgahp run: {plan.submit_path} -> {job.vm_type} job {job.executable!r} "
           f"({job.memory_mib} MiB, {job.vcpus} vCPU{'s' if job.vcpus != 1 else ''}"
           f"{', checkpointable' if job.checkpoint else ''}{', snapshot disks' if job.snapshot_disk else ''})")
-    print(f"  job user     {plan.user.login} (uid {plan.user.uid}, gid {plan.user.gid}: {plan.user.why})")
+    print(f"  job user     {plan.user.login} (uid {plan.user.uid}, gid {plan.user.gid}: {plan.user_why})")
     print(f"  VM name      {job.vm_name}")
     print(f"  output       {plan.output}")
     for default in plan.defaults:
@@ -327,16 +331,14 @@ def _save_checkpoint(plan: Plan, scratch: Path, transferred: dict[str, scratch_m
     return final
 
 
-def _give_to_user(paths: list[Path], user: scratch_mod.JobUser) -> None:
-    """Output belongs to the job's owner, as the shadow writes it."""
-    if not user.switch:
-        return
+def _give_to_user(paths: list[Path], user: JobUser) -> None:
+    """Output belongs to the job's owner, as the shadow writes it (best effort)."""
     for path in paths:
         try:
             if path.is_dir():
-                scratch_mod.chown_tree(path, user)
+                give_tree_to(path, user.uid, user.gid)
             else:
-                os.chown(path, user.uid, user.gid)
+                give_to(path, user.uid, user.gid)
         except OSError:
             pass
 
