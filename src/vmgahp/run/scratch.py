@@ -9,6 +9,7 @@
 * :func:`snapshot` and :func:`changed_files` find the job's output the way
   FileTransfer does: files in the top of the scratch directory that are new or
   whose size or modification time changed since the transfer in.
+  What becomes of them is :mod:`vmgahp.run.output`.
 * :func:`copy_file` copies sparse files (disk images) without filling the
   holes, using ``SEEK_DATA``/``SEEK_HOLE`` and ``copy_file_range``.
 """
@@ -154,29 +155,6 @@ def changed_files(scratch: Path, before: dict[str, FileState], keep: Iterable[st
         for name, state in now.items()
         if name not in OWN_FILES and not name.endswith(".partial") and (before.get(name) != state or name in keep)
     )
-
-
-def copy_out(scratch: Path, names: Iterable[str], destination: Path) -> list[Path]:
-    """Copy ``names`` from the scratch directory into ``destination``."""
-    destination.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name in names:
-        target = destination / name
-        copy_file(scratch / name, target)
-        copied.append(target)
-    return copied
-
-
-def replace_dir(staging: Path, final: Path) -> None:
-    """Put ``staging`` at ``final``, replacing an older one only once the new one is complete."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.rename(final, old)
-    os.rename(staging, final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 # ------------------------------------------------------------------ copying
