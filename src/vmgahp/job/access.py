@@ -17,13 +17,15 @@ from vmgahp.protocol.env import read_gahp_environment
 
 
 class JobUser:
-    """The job's owner: uid, primary gid and (looked up once) its groups."""
+    """The job's owner: uid, primary gid and (looked up once, when first
+    asked for) its login name and groups."""
 
-    __slots__ = ("uid", "gid", "_groups")
+    __slots__ = ("uid", "gid", "_name", "_groups")
 
     def __init__(self, uid: int, gid: int) -> None:
         self.uid = uid
         self.gid = gid
+        self._name: str | None = None  # "" when the passwd database does not know the uid
         self._groups: frozenset[int] | None = None
 
     def __repr__(self) -> str:
@@ -35,15 +37,28 @@ class JobUser:
     def __hash__(self) -> int:
         return hash((self.uid, self.gid))
 
-    @property
-    def groups(self) -> frozenset[int]:
-        if self._groups is None:
+    def _passwd_name(self) -> str:
+        if self._name is None:
             import pwd
 
             try:
-                name = pwd.getpwuid(self.uid).pw_name
-                self._groups = frozenset(os.getgrouplist(name, self.gid))
-            except (KeyError, OSError):
+                self._name = pwd.getpwuid(self.uid).pw_name
+            except KeyError:
+                self._name = ""
+        return self._name
+
+    @property
+    def login(self) -> str:
+        """The login name, or ``uid<N>`` for a uid without a passwd entry."""
+        return self._passwd_name() or f"uid{self.uid}"
+
+    @property
+    def groups(self) -> frozenset[int]:
+        if self._groups is None:
+            name = self._passwd_name()
+            try:
+                self._groups = frozenset(os.getgrouplist(name, self.gid)) if name else frozenset({self.gid})
+            except OSError:
                 self._groups = frozenset({self.gid})
         return self._groups
 
@@ -101,6 +116,16 @@ def ancestors_searchable(path: str, user: JobUser) -> bool:
         if up == parent:
             return True
         parent = up
+
+
+def can_enter(path: str, user: JobUser) -> bool:
+    """``user`` may enter the directory ``path``: it and every directory above
+    it are searchable (symlinks and ``..`` resolved first, as :func:`can_access`)."""
+    real = os.path.realpath(path)
+    try:
+        return permits(os.stat(real), user, 1) and ancestors_searchable(real, user)
+    except OSError:
+        return False
 
 
 def job_user_from_env(environ: dict[str, str] | os._Environ[str]) -> JobUser | None:

@@ -69,3 +69,13 @@ def give_to(path: Path | str, uid: int | None, gid: int | None) -> None:
     if uid is None or os.geteuid() != 0:
         return
     os.chown(path, uid, gid if gid is not None else uid, follow_symlinks=False)
+
+
+def give_tree_to(path: Path | str, uid: int | None, gid: int | None) -> None:
+    """:func:`give_to` for a directory and everything below it (symlinks themselves, not their targets)."""
+    if uid is None or os.geteuid() != 0:
+        return
+    give_to(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            give_to(os.path.join(root, name), uid, gid)

@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shlex
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmgahp.job.access import JobUser, can_enter
+from vmgahp.job.workdir import give_tree_to
 from vmgahp.protocol.env import gahp_environment
 from vmgahp.run import defaults as defaults_mod
+from vmgahp.run import output as output_mod
+from vmgahp.run import report
 from vmgahp.run import scratch as scratch_mod
-from vmgahp.run.progress import Progress, hms, size
-from vmgahp.run.starter import FAILED, KILLED, START_FAILED, STOPPED, VACATED, Interrupts, Outcome, Starter, StarterSettings, explain_start_failure
-from vmgahp.run.submit import Identity, Job, SubmitError, build, full_hostname, load
+from vmgahp.run.plan import Plan, UsageError, make_plan
+from vmgahp.run.progress import Progress, size
+from vmgahp.run.starter import FAILED, START_FAILED, STOPPED, VACATED, Interrupts, Outcome, Starter, StarterSettings
+from vmgahp.run.submit import Job, SubmitError
 
 EXIT_OK = 0  # the VM ended by itself
 EXIT_FAILED = 1  # the gahp failed, or vmgahp run could not prepare the job
@@ -95,25 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _err(text: str) -> None:
-    sys.stdout.flush()
-    sys.stderr.write(f"vmgahp run: {text}\n")
-    sys.stderr.flush()
-
-
-@dataclass
-class Plan:
-    submit_path: Path
-    job: Job
-    user: scratch_mod.JobUser
-    output: Path
-    output_given: bool
-    resume_dir: Path | None
-    resume_files: list[Path]
-    max_wall: float | None = None
-    defaults: list[defaults_mod.Default] = field(default_factory=list)
-
-
 def run_main(args: list[str]) -> int:
     parser = build_parser()
     try:
@@ -121,71 +104,12 @@ def run_main(args: list[str]) -> int:
     except SystemExit as exc:  # argparse: --help is 0, a usage error 2
         return int(exc.code or 0)
     try:
-        plan = _plan(options)
-    except SubmitError as exc:
-        _err(str(exc))
+        plan = make_plan(options)
+    except (SubmitError, UsageError) as exc:
+        report.err(str(exc))
         return EXIT_USAGE
-    except _UsageError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    for hint in plan.job.hints:  # what a pool would do differently: loud, and before anything runs
-        sys.stdout.flush()
-        sys.stderr.write(f"{hint}\n")
-    for warning in plan.job.warnings:
-        _err(f"warning: {warning}")
-    sys.stderr.flush()
+    report.hints_and_warnings(plan.job)  # before anything runs
     return _run(plan, options)
-
-
-class _UsageError(Exception):
-    pass
-
-
-def _plan(options: argparse.Namespace) -> Plan:
-    submit_path = Path(options.submit_file)
-    description = load(submit_path)
-    user = scratch_mod.job_user(submit_path.resolve().parent)
-    resume_dir = Path(options.resume).resolve() if options.resume else None
-    resume_files: list[Path] = []
-    if resume_dir is not None:
-        if not resume_dir.is_dir():
-            raise _UsageError(f"--resume {options.resume}: not a directory")
-        resume_files = sorted(p for p in resume_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not resume_files:
-            raise _UsageError(f"--resume {options.resume}: the directory holds no checkpoint files")
-    job = build(
-        description,
-        Identity(user.login, full_hostname()),
-        cluster_id=options.cluster_id,
-        transfer_intermediate=tuple(p.name for p in resume_files),
-        default_request_cpus=_configured("JOB_DEFAULT_REQUESTCPUS", "1"),
-    )
-    clash = {item.name for item in job.inputs} & set(scratch_mod.OWN_FILES)
-    if clash:
-        raise _UsageError(f"an input file is named {clash.pop()}, which vmgahp run uses itself")
-    if options.output:
-        output, given = Path(options.output).resolve(), True
-    else:
-        name = re.sub(r"[^A-Za-z0-9._+-]+", "_", os.path.basename(job.executable)).strip("._") or "job"
-        base = submit_path.resolve().parent
-        if not os.access(base, os.W_OK):
-            base = Path.cwd()
-        output, given = base / f"{name}.out", False
-    try:
-        chosen = defaults_mod.choose(job.vm_type, defaults_mod.configured)
-    except OSError as exc:
-        raise _UsageError(f"cannot work out defaults for this host: {exc}") from exc
-    return Plan(submit_path, job, user, output, given, resume_dir, resume_files, options.max_wall, chosen)
-
-
-def _configured(knob: str, default: str) -> str:
-    """A knob from HTCondor's configuration, or ``default`` without one."""
-    try:
-        import htcondor2
-
-        return str(htcondor2.param.get(knob, default))
-    except Exception:  # noqa: BLE001 - no usable configuration
-        return default
 
 
 def _starter_settings(options: argparse.Namespace) -> StarterSettings:
@@ -202,7 +126,7 @@ def _starter_settings(options: argparse.Namespace) -> StarterSettings:
     return settings
 
 
-def gahp_env(job: Job, scratch: Path, user: scratch_mod.JobUser,
+def gahp_env(job: Job, scratch: Path, user: JobUser,
              defaults: tuple[defaults_mod.Default, ...] | list[defaults_mod.Default] = ()) -> dict[str, str]:
     """The gahp's environment as the starter builds it (spec 1.3), plus the
     host defaults for knobs the configuration does not set."""
@@ -224,34 +148,29 @@ def _run(plan: Plan, options: argparse.Namespace) -> int:
     job, out = plan.job, sys.stdout
     tty = out.isatty()
     progress = Progress(job.executable, out, tty)
-    _header(plan)
+    report.header(plan)
     interrupts = Interrupts()
     scratch: Path | None = None
     keep = options.keep_scratch
     try:
         try:
             scratch = scratch_mod.make_scratch(Path(options.scratch_root).resolve() if options.scratch_root else None)
-            if not scratch_mod.reachable(scratch, plan.user):
-                _err(f"the job user {plan.user.login} (uid {plan.user.uid}) cannot reach {scratch}: a directory "
-                     "above it is private; choose another place with --scratch-root (or TMPDIR)")
+            if os.geteuid() == 0 and not can_enter(str(scratch), plan.user):  # root hands it to the job user
+                report.err(f"the job user {plan.user.login} (uid {plan.user.uid}) cannot reach {scratch}: a directory "
+                           "above it is private; choose another place with --scratch-root (or TMPDIR)")
                 return EXIT_FAILED
             names = scratch_mod.transfer_in(scratch, job.inputs, plan.resume_files)
-            scratch_mod.chown_tree(scratch, plan.user)
+            give_tree_to(scratch, plan.user.uid, plan.user.gid)
         except OSError as exc:
-            _err(f"cannot prepare the scratch directory: {exc}")
+            report.err(f"cannot prepare the scratch directory: {exc}")
             keep = True
             return EXIT_FAILED
         interrupts.install()  # from here on Ctrl-C vacates (before, it just stops the copying)
-        transferred = scratch_mod.snapshot(scratch)
-        input_bytes = sum(state[0] for state in transferred.values())
+        transferred = output_mod.TransferredIn(scratch, scratch_mod.snapshot(scratch),
+                                               tuple(p.name for p in plan.resume_files))
+        input_bytes = sum(state[0] for state in transferred.state.values())
         progress.say(f"  scratch      {scratch} ({len(names)} input file{'s' if len(names) != 1 else ''}, "
                      f"{size(input_bytes)})")
-        resumed = [p.name for p in plan.resume_files]
-
-        def save_checkpoint() -> Path:
-            assert scratch is not None
-            return _save_checkpoint(plan, scratch, transferred, resumed)
-
         starter = Starter(
             vm_type=job.vm_type,
             vm_name=job.vm_name,
@@ -264,7 +183,7 @@ def _run(plan: Plan, options: argparse.Namespace) -> int:
             settings=_starter_settings(options),
             progress=progress,
             interrupts=interrupts,
-            on_checkpoint=save_checkpoint,
+            on_checkpoint=lambda: output_mod.save_checkpoint(transferred, plan.output, plan.user),
             trace=sys.stderr if options.verbose else None,
             server=os.path.abspath(options.gahp) if options.gahp else None,
         )
@@ -273,20 +192,16 @@ def _run(plan: Plan, options: argparse.Namespace) -> int:
         if outcome.kind in (START_FAILED, FAILED):
             keep = True
         try:
-            code = _finish(plan, outcome, scratch, transferred, resumed)
+            code = _finish(plan, outcome, transferred)
         except OSError as exc:
-            _err(f"cannot copy the job's output to {plan.output}: {exc}")
+            report.err(f"cannot copy the job's output to {plan.output}: {exc}")
             keep = True
             code = EXIT_FAILED
         if keep:
-            where = f"scratch kept {scratch} (gahp log: {scratch / scratch_mod.GAHP_LOG})"
-            if code == EXIT_FAILED or outcome.kind == START_FAILED:
-                _err(f"  {where}")
-            else:
-                print(f"  {where}")
+            report.scratch_kept(scratch, as_error=code == EXIT_FAILED or outcome.kind == START_FAILED)
         return code
     except KeyboardInterrupt:  # only before the handlers were installed
-        _err("interrupted")
+        report.err("interrupted")
         return EXIT_INTERRUPTED
     finally:
         interrupts.restore()
@@ -295,133 +210,21 @@ def _run(plan: Plan, options: argparse.Namespace) -> int:
         sys.stdout.flush()
 
 
-def _header(plan: Plan) -> None:
-    job = plan.job
-    print(f"vmgahp run: {plan.submit_path} -> {job.vm_type} job {job.executable!r} "
-          f"({job.memory_mib} MiB, {job.vcpus} vCPU{'s' if job.vcpus != 1 else ''}"
-          f"{', checkpointable' if job.checkpoint else ''}{', snapshot disks' if job.snapshot_disk else ''})")
-    print(f"  job user     {plan.user.login} (uid {plan.user.uid}, gid {plan.user.gid}: {plan.user.why})")
-    print(f"  VM name      {job.vm_name}")
-    print(f"  output       {plan.output}")
-    for default in plan.defaults:
-        print(f"  default      {default.knob} = {default.value} ({default.why}; "
-              f"set {default.knob} in the configuration to override)")
-    if plan.resume_dir is not None:
-        names = ", ".join(p.name for p in plan.resume_files)
-        print(f"  resuming     from {plan.resume_dir} (TransferIntermediate: {names})")
-    sys.stdout.flush()
-
-
-def _save_checkpoint(plan: Plan, scratch: Path, transferred: dict[str, scratch_mod.FileState],
-                     resumed: list[str]) -> Path:
-    """What the starter uploads at a vacate: every new or changed file (plus the ones a resume brought)."""
-    names = scratch_mod.changed_files(scratch, transferred, keep=resumed)
-    final = plan.output / "checkpoint"
-    staging = plan.output / f".checkpoint.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    created = not plan.output.exists()
-    scratch_mod.copy_out(scratch, names, staging)
-    _give_to_user([staging] + ([plan.output] if created else []), plan.user)
-    scratch_mod.replace_dir(staging, final)
-    return final
-
-
-def _give_to_user(paths: list[Path], user: scratch_mod.JobUser) -> None:
-    """Output belongs to the job's owner, as the shadow writes it."""
-    if not user.switch:
-        return
-    for path in paths:
-        try:
-            if path.is_dir():
-                scratch_mod.chown_tree(path, user)
-            else:
-                os.chown(path, user.uid, user.gid)
-        except OSError:
-            pass
-
-
-def _list_files(paths: list[Path]) -> None:
-    width = max((len(p.name) for p in paths), default=0)
-    for path in paths:
-        apparent, allocated = scratch_mod.disk_usage(path)
-        sparse = f" ({size(allocated)} on disk)" if allocated < apparent * 0.9 and apparent > 1 << 20 else ""
-        print(f"    {path.name.ljust(width)}  {size(apparent)}{sparse}")
-
-
-def _cpu(outcome: Outcome) -> str:
-    status = outcome.last_status
-    if status is None or status.cpu_time is None:
-        return "unknown (no Running status was seen)"
-    return f"{status.cpu_time:.1f} s"
-
-
-def _finish(plan: Plan, outcome: Outcome, scratch: Path, transferred: dict[str, scratch_mod.FileState],
-            resumed: list[str]) -> int:
-    job = plan.job
+def _finish(plan: Plan, outcome: Outcome, transferred: output_mod.TransferredIn) -> int:
+    """The end of the job as the starter sees it: the report, the final transfer, the exit status."""
     if outcome.kind == START_FAILED:
-        token = outcome.token or "VMGAHP_ERR_INTERNAL"
-        held, meaning = explain_start_failure(token)
-        _err(f"the VM did not start: {token}")
-        _err(f"  {meaning}")
-        for detail in outcome.details:
-            _err(f"  gahp log: {detail}")
-        return EXIT_HELD if held else EXIT_REQUEUED
+        return EXIT_HELD if report.start_failure(outcome) else EXIT_REQUEUED
     if outcome.kind == FAILED:
-        _err(f"the gahp failed: {outcome.reason}")
-        for detail in outcome.details:
-            _err(f"  {detail}")
+        report.gahp_failure(outcome)
         return EXIT_FAILED
-
+    report.ending(plan, outcome)
     if outcome.kind == STOPPED:
-        print("== the VM stopped by itself ==")
-        print(f"  exit status  {outcome.gahp_exit} (the gahp's, which condor_starter reports as the job's)")
-    elif outcome.kind == KILLED:
-        print("== killed (interrupted twice) ==")
-    elif outcome.vm_started is None:
-        print("== interrupted before the VM started ==")
-    else:
-        how = "Ctrl-C" if outcome.reason == "interrupt" else f"--max-wall {plan.max_wall:g} s"
-        print(f"== vacated ({how}) ==")
-    if outcome.vm_started is not None:
-        print(f"  wall time    {hms(outcome.wall)}")
-        print(f"  CPU time     {_cpu(outcome)}")
-    if outcome.stop_error:
-        print(f"  stop         CONDOR_VM_STOP failed: {outcome.stop_error}")
-    if outcome.kill_mode and outcome.kill_mode != "ok":
-        print(f"  kill mode    {outcome.kill_mode}")
-
-    if outcome.kind == STOPPED:
-        if job.no_output_vm:
-            print("  output       none (vm_no_output_vm = true)")
+        if plan.job.no_output_vm:
+            report.no_output()
         else:
-            names = scratch_mod.changed_files(scratch, transferred, keep=resumed)
-            created = not plan.output.exists()
-            copied = scratch_mod.copy_out(scratch, names, plan.output)
-            _give_to_user(copied + ([plan.output] if created else []), plan.user)
-            print(f"  output       {plan.output}/" + ("" if copied else " (no new or changed files)"))
-            _list_files(copied)
-            stale = plan.output / "checkpoint"
-            if plan.resume_dir is not None and plan.resume_dir == stale:
-                shutil.rmtree(stale, ignore_errors=True)
-                print(f"  (removed the used checkpoint {stale})")
-            elif stale.is_dir():
-                print(f"  note         {stale} is an older checkpoint of this job, now stale")
+            report.output(plan.output, output_mod.transfer_out(transferred, plan.output, plan.user))
+            report.retired_checkpoint(*output_mod.retire_checkpoint(plan.output, plan.resume_dir))
         return EXIT_OK
-
     if outcome.kind == VACATED and outcome.vm_started is not None:
-        if outcome.checkpoint_dir is not None:
-            files = sorted(p for p in outcome.checkpoint_dir.iterdir() if p.is_file())
-            print(f"  checkpoint   {outcome.checkpoint_dir}/")
-            _list_files(files)
-            command = ["vmgahp", "run", str(plan.submit_path), "--resume", str(outcome.checkpoint_dir)]
-            if plan.output_given:
-                command += ["--output", str(plan.output)]
-            print(f"  resume with  {shlex.join(command)}")
-        elif job.checkpoint:
-            print(f"  checkpoint   FAILED: {outcome.checkpoint_error}")
-            for detail in outcome.details:
-                print(f"    gahp log: {detail}")
-        else:
-            print("  checkpoint   none: the job does not set vm_checkpoint = true, so a rerun starts over")
+        report.vacated(plan, outcome)
     return EXIT_MAX_WALL if outcome.reason == "max-wall" else EXIT_INTERRUPTED

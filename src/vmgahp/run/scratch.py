@@ -1,13 +1,15 @@
 """The job's scratch directory, prepared and emptied as the starter's file transfer does.
 
-* :func:`job_user` decides whose files these are (the gahp runs the VM as that
-  user and checks disk access as that user).
+* :func:`choose_job_user` decides whose files these are (the gahp runs the VM
+  as that user and checks disk access as that user); the user is
+  :class:`vmgahp.job.access.JobUser`, why it is that one is vmgahp run's own.
 * :func:`make_scratch` and :func:`transfer_in` build a fresh ``dir_XXXX``
   (mode 0755, as the starter leaves it for KVM/Xen) holding the job's input
   files, owned by the job user when ``vmgahp run`` runs as root.
 * :func:`snapshot` and :func:`changed_files` find the job's output the way
   FileTransfer does: files in the top of the scratch directory that are new or
   whose size or modification time changed since the transfer in.
+  What becomes of them is :mod:`vmgahp.run.output`.
 * :func:`copy_file` copies sparse files (disk images) without filling the
   holes, using ``SEEK_DATA``/``SEEK_HOLE`` and ``copy_file_range``.
 """
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from vmgahp.job.access import JobUser
 from vmgahp.run.submit import InputFile
 
 FALLBACK_UID = 1000  # the first ordinary user on most Linux systems
@@ -37,23 +40,11 @@ OWN_FILES = frozenset({GAHP_LOG, GAHP_STDERR})
 
 
 @dataclass(frozen=True)
-class JobUser:
-    uid: int
-    gid: int
-    login: str
-    why: str  # how it was chosen, for the header
+class ChosenUser:
+    """The job user of a ``vmgahp run``, and how it was chosen (for the header)."""
 
-    @property
-    def switch(self) -> bool:
-        """True when files must be chowned to this user (we run as root)."""
-        return os.geteuid() == 0
-
-
-def _login(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid{uid}"
+    user: JobUser
+    why: str
 
 
 def _primary_gid(uid: int, default: int) -> int:
@@ -71,7 +62,7 @@ def _positive(text: str | None) -> int | None:
     return value if value > 0 else None
 
 
-def job_user(submit_dir: Path, environ: dict[str, str] | None = None) -> JobUser:
+def choose_job_user(submit_dir: Path, environ: dict[str, str] | None = None) -> ChosenUser:
     """Whose job this is.
 
     * Not root: the invoking user (the gahp, not being root, runs as the caller).
@@ -84,18 +75,21 @@ def job_user(submit_dir: Path, environ: dict[str, str] | None = None) -> JobUser
     """
     env = os.environ if environ is None else environ
     if os.geteuid() != 0:
-        uid = os.getuid()
-        return JobUser(uid, os.getgid(), _login(uid), "the invoking user")
+        return ChosenUser(JobUser(os.getuid(), os.getgid()), "the invoking user")
     sudo_uid = _positive(env.get("SUDO_UID"))
     if sudo_uid is not None:
         gid = _positive(env.get("SUDO_GID")) or _primary_gid(sudo_uid, sudo_uid)
-        return JobUser(sudo_uid, gid, _login(sudo_uid), "SUDO_UID")
+        return ChosenUser(JobUser(sudo_uid, gid), "SUDO_UID")
     st = submit_dir.stat()
     if st.st_uid != 0:
-        return JobUser(st.st_uid, st.st_gid, _login(st.st_uid), f"owner of {submit_dir}")
+        return ChosenUser(JobUser(st.st_uid, st.st_gid), f"owner of {submit_dir}")
     gid = _primary_gid(FALLBACK_UID, FALLBACK_UID)
-    why = f"uid {FALLBACK_UID}: running as root, {submit_dir} is root's"
-    return JobUser(FALLBACK_UID, gid, _login(FALLBACK_UID), why)
+    return ChosenUser(JobUser(FALLBACK_UID, gid), f"uid {FALLBACK_UID}: running as root, {submit_dir} is root's")
+
+
+def job_user(submit_dir: Path, environ: dict[str, str] | None = None) -> JobUser:
+    """The user :func:`choose_job_user` chooses."""
+    return choose_job_user(submit_dir, environ).user
 
 
 def make_scratch(root: Path | None) -> Path:
@@ -105,32 +99,6 @@ def make_scratch(root: Path | None) -> Path:
     path = Path(tempfile.mkdtemp(prefix="dir_vmgahp-run-", dir=root))
     os.chmod(path, 0o755)  # vm_proc.cpp chmods it 0755 for KVM/Xen: libvirt must reach the disks
     return path
-
-
-def reachable(path: Path, user: JobUser) -> bool:
-    """Can the job user enter ``path`` (it and every directory above it searchable)?
-
-    The gahp checks the disks as the job user, and the hypervisor must open
-    them: a scratch directory below a private directory (mode 0700) fails
-    the VM, so it is refused before anything runs.
-    """
-    if not user.switch or user.uid == 0:
-        return True
-    try:
-        groups = set(os.getgrouplist(user.login, user.gid))
-    except (KeyError, OSError):
-        groups = {user.gid}
-    for directory in [path, *path.parents]:
-        st = directory.stat()
-        if st.st_uid == user.uid:
-            bits = st.st_mode >> 6
-        elif st.st_gid in groups:
-            bits = st.st_mode >> 3
-        else:
-            bits = st.st_mode
-        if not bits & 1:
-            return False
-    return True
 
 
 def transfer_in(scratch: Path, inputs: Iterable[InputFile], extra: Iterable[Path] = ()) -> list[str]:
@@ -156,16 +124,6 @@ def transfer_in(scratch: Path, inputs: Iterable[InputFile], extra: Iterable[Path
         if path.name not in names:
             names.append(path.name)
     return names
-
-
-def chown_tree(path: Path, user: JobUser) -> None:
-    """Give the scratch directory and everything in it to the job user."""
-    if not user.switch:
-        return
-    os.chown(path, user.uid, user.gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
 
 
 FileState = tuple[int, int]  # (size, mtime_ns)
@@ -197,29 +155,6 @@ def changed_files(scratch: Path, before: dict[str, FileState], keep: Iterable[st
         for name, state in now.items()
         if name not in OWN_FILES and not name.endswith(".partial") and (before.get(name) != state or name in keep)
     )
-
-
-def copy_out(scratch: Path, names: Iterable[str], destination: Path) -> list[Path]:
-    """Copy ``names`` from the scratch directory into ``destination``."""
-    destination.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name in names:
-        target = destination / name
-        copy_file(scratch / name, target)
-        copied.append(target)
-    return copied
-
-
-def replace_dir(staging: Path, final: Path) -> None:
-    """Put ``staging`` at ``final``, replacing an older one only once the new one is complete."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.rename(final, old)
-    os.rename(staging, final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 # ------------------------------------------------------------------ copying

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from vmgahp import errors
+from vmgahp.protocol import tokens
 from vmgahp.protocol.status import STATES, Status, parse_status
 from vmgahp.run.gahp import Gahp, GahpDied, GahpFailure, HardStop, Interrupts, gahp_command, kill_mode
 from vmgahp.run.progress import Progress
@@ -38,44 +38,17 @@ NEEDED_COMMANDS = (
     "CONDOR_VM_GETPID", "CONDOR_VM_STOP", "CONDOR_VM_CHECKPOINT", "RESULTS", "QUIT",
 )  # fmt: skip
 
-# What a START failure means on a pool (vm_proc.cpp, spec 6.3), beyond hold/requeue.
-TOKEN_HINTS = {
-    errors.NO_JOBCLASSAD_INFO: "the gahp got no usable job ad",
-    errors.NO_SUPPORTED_VM_TYPE: "the job's vm_type is not the type this gahp runs",
-    errors.JOBCLASSAD_NO_VM_MEMORY_PARAM: "the ad has no JobVMMemory",
-    errors.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST: "vm_memory is more than the machine's VM_MEMORY allows",
-    errors.JOBCLASSAD_MISMATCHED_NETWORKING: "the job wants vm_networking but VM_NETWORKING is off here",
-    errors.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE: "vm_networking_type is not one of VM_NETWORKING_TYPE",
-    errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT: "the job needs hardware virtualization (VM_HARDWARE_VT is off)",
-    errors.KVM_NO_DISK_PARAM: "the job has no vm_disk",
-    errors.KVM_INVALID_DISK_PARAM: "a vm_disk file is missing, not readable/writable by the job user, or malformed",
-    errors.KVM_MISMATCHED_CHECKPOINT: "vm_checkpoint with transferred disks needs vm_snapshot_disk = true",
-    errors.XEN_NO_DISK_PARAM: "the job has no vm_disk",
-    errors.XEN_INVALID_DISK_PARAM: "a vm_disk file is missing, not readable/writable by the job user, or malformed",
-    errors.XEN_MISMATCHED_CHECKPOINT: "vm_checkpoint with transferred disks needs vm_snapshot_disk = true",
-    errors.XEN_NO_KERNEL_PARAM: "the job has no xen_kernel",
-    errors.XEN_KERNEL_NOT_FOUND: "the xen_kernel file cannot be read",
-    errors.XEN_INITRD_NOT_FOUND: "the xen_initrd file cannot be read",
-    errors.XEN_NO_ROOT_DEVICE_PARAM: "a xen_kernel file needs xen_root",
-    errors.BAD_IMAGE: "the hypervisor rejected a disk image (or a checkpoint could not be restored)",
-    errors.CANNOT_READ_CDROM_FILE: "a vm_cdrom_files file cannot be read",
-    errors.CANNOT_CREATE_ISO_FILE: "the CD-ROM image could not be built",
-    errors.CRITICAL: "the gahp could not build the VM (name or domain description)",
-    errors.INTERNAL: "the hypervisor failed or timed out (see the gahp log)",
-}
-
-
 def explain_start_failure(token: str) -> tuple[bool, str]:
-    """(held?, one sentence) for a START failure token, as condor_starter decides."""
-    hint = TOKEN_HINTS.get(token, "")
-    if token in errors.HOLD_TOKENS:
-        index = errors.HOLD_TOKENS.index(token)
+    """(held?, one sentence) for a START failure token, as condor_starter decides
+    (vm_proc.cpp, spec 6.3): the hint and the hold subcode are the token table's."""
+    entry = tokens.lookup(token)
+    if entry.holds:
         what = (f"on a pool the job would be HELD (HoldReasonCode 6 = FailedToCreateProcess, "
-                f"subcode {index}, HoldReason {token!r}): the job itself must be fixed")
+                f"subcode {entry.hold_subcode}, HoldReason {token!r}): the job itself must be fixed")
     else:
         what = ("on a pool the job would be REQUEUED and the machine would stop offering VM universe "
                 f"(HasVM = false, VMOfflineReason {token!r}): the starter blames the machine, not the job")
-    return token in errors.HOLD_TOKENS, (f"{hint}; {what}" if hint else what)
+    return entry.holds, (f"{entry.hint}; {what}" if entry.hint else what)
 
 
 def log_details(log_path: Path, request_id: int | None = None, limit: int = 5) -> list[str]:
@@ -220,7 +193,7 @@ class Starter:
         if not result.ok:
             token = (result.text.split() or ["NULL"])[0]
             if token.upper() == "NULL":  # the starter reads NULL as VMGAHP_ERR_INTERNAL
-                token = errors.INTERNAL
+                token = tokens.INTERNAL
             self.outcome.kind, self.outcome.token = START_FAILED, token
             self.outcome.details = log_details(self.log_path, request_id)
             self.outcome.gahp_exit = gahp.quit()
@@ -333,7 +306,7 @@ class Starter:
                 except OSError as exc:
                     outcome.checkpoint_error = f"copying the checkpoint failed: {exc}"
             else:
-                outcome.checkpoint_error = result.text or errors.INTERNAL
+                outcome.checkpoint_error = result.text or tokens.INTERNAL
                 outcome.details = log_details(self.log_path)
         else:
             self.progress.say(f"{why}: vacating (CONDOR_VM_STOP; Ctrl-C again kills)...")
