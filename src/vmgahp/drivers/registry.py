@@ -1,7 +1,7 @@
 """The backends, found by folder and loaded only when used.
 
 A backend is a package under ``vmgahp/drivers/`` whose ``__init__`` declares
-``DRIVER = DriverInfo(...)``: the VM types it runs, the module it needs
+``DRIVER = DriverInfo(...)`` (a package without one is not a backend): the VM types it runs, the module it needs
 (``requires``, checked with ``find_spec`` - microseconds), where its
 :class:`~vmgahp.drivers.base.Hypervisor` class lives, its configuration knobs
 and its host module. Nothing here imports a hypervisor library, so
@@ -34,7 +34,10 @@ def drivers() -> tuple[DriverInfo, ...]:
     if _found is None:
         packages = sorted(name for name in os.listdir(_HERE)
                           if os.path.isfile(os.path.join(_HERE, name, "__init__.py")))
-        _found = tuple(importlib.import_module(f"vmgahp.drivers.{name}").DRIVER for name in packages)
+        # A package that declares no DRIVER is a library, not (yet) a backend
+        # (drivers/vmware: the vSphere layer, no Hypervisor on it so far).
+        modules = (importlib.import_module(f"vmgahp.drivers.{name}") for name in packages)
+        _found = tuple(module.DRIVER for module in modules if hasattr(module, "DRIVER"))
     return _found
 
 
