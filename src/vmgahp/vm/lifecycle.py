@@ -150,6 +150,8 @@ class VirtualMachine:
         # restoring it that is expected and not the end of the job.
         if busy in ("CONDOR_VM_SOFT_SUSPEND", "CONDOR_VM_RESUME"):
             return "STATUS=Suspended"
+        if busy == "CONDOR_VM_STOP":
+            return "STATUS=Stopped"  # the power-off STOP asked for, not an exit of the guest's own
         with self._lock:
             if self.state is VmState.RUNNING:
                 self.self_shutdown = True
