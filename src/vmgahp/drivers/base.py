@@ -118,21 +118,29 @@ class Domain(ABC):
         """Current state and counters; ``GONE`` when the hypervisor lost it."""
 
     @abstractmethod
-    def pause(self) -> None: ...
+    def pause(self) -> None:
+        """Stop the CPUs, keep the RAM. Pausing a paused domain is not an error;
+        a domain that is gone is (HypervisorError), as for unpause and save."""
 
     @abstractmethod
-    def unpause(self) -> None: ...
+    def unpause(self) -> None:
+        """Run a paused domain again; a running one is left as it is."""
 
     @abstractmethod
     def save(self, working_dir: Path, suffix: str) -> SavedState:
-        """Save the VM's state; it stops running. Every file this writes is named
-        ``<name><suffix>`` in ``working_dir`` (the VM layer renames them into
-        place once the checkpoint is complete); the returned state names them
-        without the suffix. On failure nothing with the suffix is left."""
+        """Save the VM's state; it stops running and the hypervisor forgets the
+        domain (``info`` says GONE, ``lookup`` None), as libvirt forgets a
+        transient domain it saved. A paused domain's state comes back running.
+        Every file this writes is named ``<name><suffix>`` in ``working_dir``
+        (the VM layer renames them into place once the checkpoint is
+        complete); the returned state names them without the suffix. On
+        failure nothing with the suffix is left."""
 
     @abstractmethod
     def shutdown(self, grace_seconds: float) -> None:
-        """Ask the guest to power off; destroy it if it has not after the grace."""
+        """Ask the guest to power off (a paused guest is unpaused first: it
+        cannot see the button); destroy it if it has not after the grace. A
+        domain that is already gone is not an error."""
 
     @abstractmethod
     def destroy(self) -> None:
@@ -175,7 +183,9 @@ class Hypervisor(ABC):
         """The job with its disks as the VM will open them (libvirt: overlays),
         over the layers a restored state left when there is one. Never writes a
         file that is already in the working directory, and never builds on
-        ``avoid`` (the files of another job's checkpoint found there)."""
+        ``avoid`` (the files of another job's checkpoint found there). The
+        files it makes are named ``vmgahp-overlay-*``: a START or RESUME that
+        fails removes those it made (:func:`vmgahp.vm.start.remove_new_vm_files`)."""
         return job
 
     def adopt_legacy_state(self, job: VmJob, manifest: dict[str, Any]) -> SavedState | None:
@@ -192,12 +202,19 @@ class Hypervisor(ABC):
 
     @abstractmethod
     def create(self, job: VmJob) -> Domain:
-        """Build the VM description from ``job`` and start it."""
+        """Build the VM description from ``job`` and start it. A name the
+        hypervisor already runs is a HostError: that domain (perhaps another
+        job's live VM) is left alone."""
 
     @abstractmethod
     def restore(self, job: VmJob, state: SavedState) -> Domain:
-        """Start the VM again from a state :meth:`Domain.save` wrote (perhaps in
-        another working directory, on another host); it comes back running."""
+        """Start the VM again from a state :meth:`Domain.save` wrote; it comes
+        back running. The state's files are found in ``job.working_dir`` under
+        the names ``state.files`` gives - moved to another directory or host,
+        or still under the staging suffix (the VM layer brings a guest back
+        that way when it cannot commit its save). A state the hypervisor
+        cannot use is a JobImageError; a name it already runs a HostError,
+        as in :meth:`create`."""
 
     @abstractmethod
     def lookup(self, name: str) -> Domain | None:

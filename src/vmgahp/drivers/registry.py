@@ -1,7 +1,7 @@
 """The backends, found by folder and loaded only when used.
 
 A backend is a package under ``vmgahp/drivers/`` whose ``__init__`` declares
-``DRIVER = DriverInfo(...)``: the VM types it runs, the module it needs
+``DRIVER = DriverInfo(...)`` (a package without one is not a backend): the VM types it runs, the module it needs
 (``requires``, checked with ``find_spec`` - microseconds), where its
 :class:`~vmgahp.drivers.base.Hypervisor` class lives, its configuration knobs
 and its host module. Nothing here imports a hypervisor library, so

@@ -30,6 +30,7 @@ from vmgahp.protocol import tokens
 from vmgahp.protocol.status import format_status
 from vmgahp.vm import checkpoint
 from vmgahp.vm.failures import as_gahp_error
+from vmgahp.vm.start import remove_new_vm_files
 
 if TYPE_CHECKING:
     from vmgahp.job.model import VmJob  # pydantic: loaded by the first START, not at start-up
@@ -149,6 +150,8 @@ class VirtualMachine:
         # restoring it that is expected and not the end of the job.
         if busy in ("CONDOR_VM_SOFT_SUSPEND", "CONDOR_VM_RESUME"):
             return "STATUS=Suspended"
+        if busy == "CONDOR_VM_STOP":
+            return "STATUS=Stopped"  # the power-off STOP asked for, not an exit of the guest's own
         with self._lock:
             if self.state is VmState.RUNNING:
                 self.self_shutdown = True
@@ -189,7 +192,7 @@ class VirtualMachine:
         try:
             self._commit(state)
         except OSError as exc:
-            self._unstage(state)
+            self._undo_save(state)
             raise GahpError(tokens.INTERNAL, f"save: {exc}") from exc
         # A checkpoint that named those files is superseded by this save.
         (Path(self.job.working_dir) / checkpoint.MANIFEST).unlink(missing_ok=True)
@@ -221,6 +224,23 @@ class VirtualMachine:
         for name in state.files:
             (Path(self.job.working_dir) / (name + STAGED)).unlink(missing_ok=True)
 
+    def _undo_save(self, state: SavedState) -> None:
+        """The save worked but its files cannot be put in place (a full
+        filesystem): the domain is gone, so the guest comes back from what was
+        staged - or its state is lost - and the staged files go."""
+        working_dir = Path(self.job.working_dir)
+        names = tuple(n + STAGED if (working_dir / (n + STAGED)).exists() else n for n in state.files)
+        try:
+            self.domain = self.hypervisor.restore(self.job, SavedState(names, state.keeps, state.record))
+        except HypervisorError as exc:
+            log.get().error("save_lost_domain", detail=f"the saved guest does not restore: {exc.message}")
+            self._set(VmState.STOPPED)
+        else:
+            log.get().warning("save_undone", detail="the saved state could not be committed; the guest runs on")
+            self._set(VmState.RUNNING)
+        finally:
+            self._unstage(state)
+
     def resume(self) -> None:
         if self.soft_suspended:
             self._unpause()
@@ -234,11 +254,13 @@ class VirtualMachine:
             if not os.access(Path(self.job.working_dir) / name, os.R_OK):
                 raise GahpError(tokens.VM_INVALID_SUSPEND_FILE, f"cannot read {name}")
         committed = (Path(self.job.working_dir) / checkpoint.MANIFEST).exists()
-        # A checkpoint stays whole: the resumed guest writes to new layers.
-        job = self.hypervisor.prepare(self.job, state) if committed else self.job
+        before = set(os.listdir(self.job.working_dir))
         try:
+            # A checkpoint stays whole: the resumed guest writes to new layers.
+            job = self.hypervisor.prepare(self.job, state) if committed else self.job
             self.domain = self.hypervisor.restore(job, state)
         except HypervisorError as exc:
+            remove_new_vm_files(self.job.working_dir, before)  # a retry prepares its own
             raise as_gahp_error("CONDOR_VM_RESUME", exc, "restore") from exc
         self.job, self.saved = job, None
         if not committed:
@@ -274,8 +296,7 @@ class VirtualMachine:
         except (GahpError, OSError, ValueError) as exc:
             staged_manifest.unlink(missing_ok=True)
             if fresh:
-                self._unstage(state)
-                self._recover_after_failed_save()
+                self._undo_save(state)
             raise GahpError(tokens.VM_CANNOT_CREATE_CKPT_FILES, f"checkpoint: {exc}") from exc
         self.saved = state
         self._set(VmState.SUSPENDED)

@@ -73,16 +73,18 @@ def start(ad, hypervisor: Hypervisor, settings: Settings, user: JobUser | None,
             # new layers, and a later checkpoint replaces them atomically.
             domain = hypervisor.restore(job, found.state)
     except HypervisorError as exc:
-        _remove_new_vm_files(job.working_dir, before)
+        remove_new_vm_files(job.working_dir, before)
         raise as_gahp_error("restore" if found.state else "CONDOR_VM_START", exc,
                             "restore of the checkpoint" if found.state else "start") from exc
     except BaseException:
-        _remove_new_vm_files(job.working_dir, before)
+        remove_new_vm_files(job.working_dir, before)
         raise
     return job, domain, found.state is not None
 
 
-def _remove_new_vm_files(working_dir: str, before: set[str]) -> None:
+def remove_new_vm_files(working_dir: str, before: set[str]) -> None:
+    """What a failed START (or RESUME) made: the driver's ``vmgahp-overlay-*``
+    files (``Hypervisor.prepare``) and the CD-ROM image; never a file that was there."""
     with contextlib.suppress(OSError):
         for name in set(os.listdir(working_dir)) - before:
             if name.startswith(("vmgahp-overlay-", "vmgahp-cdrom")):

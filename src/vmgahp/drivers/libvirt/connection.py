@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 import libvirt
 
 from vmgahp import log
-from vmgahp.drivers.base import HypervisorError
+from vmgahp.drivers.base import HostError
 from vmgahp.drivers.libvirt.faults import error_code, error_message, is_connection_error
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class LibvirtConnection:
     def get(self) -> libvirt.virConnect:
         """The live connection, opened or reopened as needed.
 
-        Raises HypervisorError when the hypervisor cannot be reached.
+        Raises HostError when the hypervisor cannot be reached.
         """
         with self._lock:
             if self._conn is not None and not self._alive(self._conn):
@@ -104,9 +104,9 @@ class LibvirtConnection:
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
-            raise HypervisorError(f"cannot connect to {self.uri}: {error_message(exc)}", error_code(exc)) from exc
+            raise HostError(f"cannot connect to {self.uri}: {error_message(exc)}", error_code(exc)) from exc
         if conn is None:  # old bindings returned None instead of raising
-            raise HypervisorError(f"cannot connect to {self.uri}")
+            raise HostError(f"cannot connect to {self.uri}")
         log.get().info("libvirt_connected", uri=self.uri)
         return conn
 

@@ -232,6 +232,8 @@ class LibvirtHypervisor(Hypervisor):
     # -------------------------------------------------------------- restore
     def restore(self, job: VmJob, saved: SavedState) -> LibvirtDomain:
         """Start ``job`` again from a save image; it comes back running."""
+        if self.lookup(job.name) is not None:  # as in create: not the saved state's fault
+            raise HostError(f"a domain named {job.name} already exists on {self.uri}; it is left alone")
         file = str(state.memory_file(job, saved))
         dxml = self._moved_disks_xml(job, file)
         try:
