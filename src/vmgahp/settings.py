@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 
 from vmgahp.condor_syntax import condor_boolean, condor_integer
 from vmgahp.errors import VmgahpError
+from vmgahp.log_knobs import LogOptions
 
 DEFAULT_REQ_TIMEOUT = 300
 
@@ -34,6 +35,8 @@ class Settings:
     soft_suspend: bool = False
     log_path: str = ""
     log_debug: bool = False
+    # MAX_VM_GAHP_LOG, MAX_NUM_VM_GAHP_LOG, VM_GAHP_LOG_FORMAT, ... (vmgahp.log_knobs)
+    log_options: LogOptions = LogOptions()
     req_timeout: int = DEFAULT_REQ_TIMEOUT
     call_timeout: float = DEFAULT_REQ_TIMEOUT - 30.0
     shutdown_timeout: float = 30.0

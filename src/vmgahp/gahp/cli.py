@@ -77,6 +77,7 @@ def _apply_log_settings(invocation: Invocation, settings: object) -> None:
         path=getattr(settings, "log_path", ""),
         debug=getattr(settings, "log_debug", False),
         terminal=invocation.terminal_log,
+        options=getattr(settings, "log_options", None),
     )
     for warning in getattr(settings, "warnings", ()):
         log.get().warning("config_value_ignored", detail=warning)
@@ -156,7 +157,7 @@ def _serve(invocation: Invocation, user: object) -> int:
     from vmgahp.vm.runtime import Runtime
 
     # The backend itself is imported and connected at the first START.
-    daemon.runtime = Runtime(settings, vm_type, user, daemon.report, load_hypervisor)
+    daemon.runtime = _JobLogging(Runtime(settings, vm_type, user, daemon.report, load_hypervisor))
     warm_up(log.get)
     log.get().info("started", vm_type=vm_type, working_dir=working_dir, version=__version__)
     try:
@@ -167,6 +168,25 @@ def _serve(invocation: Invocation, user: object) -> int:
     log.get().info("exit", code=code)
     # Worker threads may still sit in a hung hypervisor call: do not wait.
     os._exit(code)
+
+
+class _JobLogging:
+    """The runtime, but the job's id goes on every later log line of this
+    process as soon as a START brings the job ad (one gahp serves one job)."""
+
+    def __init__(self, runtime: object) -> None:
+        self._runtime = runtime
+
+    def submit(self, request: object) -> None:
+        ad_lines = getattr(request, "ad_lines", None)
+        if ad_lines:
+            job_id = log.job_id_from_ad(ad_lines)
+            if job_id:
+                log.bind_job(job_id)
+        self._runtime.submit(request)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._runtime, name)
 
 
 if __name__ == "__main__":  # pragma: no cover

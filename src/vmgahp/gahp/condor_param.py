@@ -17,6 +17,10 @@ CORE_KNOBS = (
     ("VM_HARDWARE_VT", "boolean"), ("VM_SOFT_SUSPEND", "boolean"), ("VM_GAHP_LOG", "string"),
     ("VM_GAHP_DEBUG", "string"), ("VM_GAHP_REQ_TIMEOUT", "integer"), ("VM_GAHP_CALL_TIMEOUT", "integer"),
     ("VM_GAHP_SHUTDOWN_TIMEOUT", "integer"), ("VM_GAHP_WORKERS", "integer"),
+    # The log (vmgahp.log_knobs): HTCondor's <SUBSYS> knobs for the VM_GAHP
+    # subsystem, the time format every daemon log shares, and our format.
+    ("MAX_VM_GAHP_LOG", "string"), ("MAX_NUM_VM_GAHP_LOG", "integer"), ("TRUNC_VM_GAHP_LOG_ON_OPEN", "boolean"),
+    ("DEBUG_TIME_FORMAT", "string"), ("VM_GAHP_LOG_FORMAT", "string"),
 )
 
 

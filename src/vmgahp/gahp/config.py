@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from vmgahp.log_knobs import options_from
 from vmgahp.settings import DEFAULT_REQ_TIMEOUT, ConfigError, KnobReader, Settings
 
 __all__ = ["ConfigError", "Settings", "load_settings", "parse_type_list", "settings_from"]
@@ -57,6 +58,7 @@ def settings_from(get: Callable[[str], str | None], driver_knobs: Iterable[str] 
     shutdown_timeout = read.integer("VM_GAHP_SHUTDOWN_TIMEOUT", 30)
     workers = read.integer("VM_GAHP_WORKERS", 4)
     knobs = {name: value for name in driver_knobs if (value := get(name)) is not None}
+    log_options, log_warnings = options_from(get)
 
     return Settings(
         vm_memory=vm_memory,
@@ -68,12 +70,13 @@ def settings_from(get: Callable[[str], str | None], driver_knobs: Iterable[str] 
         soft_suspend=read.boolean("VM_SOFT_SUSPEND"),
         log_path=read.string("VM_GAHP_LOG"),
         log_debug="D_FULLDEBUG" in debug or "D_ALL" in debug,
+        log_options=log_options,
         req_timeout=req_timeout,
         call_timeout=float(max(1, call_timeout)),
         shutdown_timeout=float(max(0, shutdown_timeout)),
         workers=max(1, workers),
         driver_knobs=knobs,
-        warnings=tuple(read.warnings),
+        warnings=tuple(read.warnings + log_warnings),
     )
 
 

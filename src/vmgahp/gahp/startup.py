@@ -78,7 +78,7 @@ def _child_main(vm_type: str | None, write_fd: int, terminal_log: bool) -> None:
 
         knobs = read_knobs(vm_type)
         _send(write_fd, ["knobs", knobs])
-        log.setup(path=knobs.get("VM_GAHP_LOG", ""), terminal=terminal_log)
+        log.setup(path=knobs.get("VM_GAHP_LOG", ""), terminal=terminal_log, options=log.options_from(knobs.get))
         if vm_type is not None:
             _send(write_fd, ["network", _check_host(vm_type, knobs)])
         verdict = ["ok", ""]
@@ -127,7 +127,8 @@ class PendingPreflight:
                     knobs = value
                     # Known before the host check: the failure gets logged
                     # where the admin looks.
-                    log.setup(path=value.get("VM_GAHP_LOG", ""), terminal=self.terminal_log)
+                    log.setup(path=value.get("VM_GAHP_LOG", ""), terminal=self.terminal_log,
+                              options=log.options_from(value.get))
                     continue
                 if kind == "network":
                     self.network_types = value
