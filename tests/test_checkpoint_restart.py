@@ -153,15 +153,14 @@ def test_checkpoint_restarts_in_a_fresh_directory(dirs: list[Path], gahps: list)
     assert gahp.reply("QUIT") == "S"
     assert _sha256(base) == before
 
-    # The shadow spools the checkpoint; the next run gets it as TransferIntermediate.
+    # The shadow spools the checkpoint; the next run gets it in its scratch dir.
     for name in (*CHECKPOINT_FILES, "disk.img"):
         shutil.copy2(first / name, second / name)
         os.chown(second / name, 1000, 1000)
     restart = GahpProcess(second)
     gahps.append(restart)
     restart.handshake()
-    restart.send_ad(job_ad(second, JobVMCheckpoint="true", VMPARAM_vm_Snapshot_Disk="true",
-                           TransferIntermediate='"' + ",".join(CHECKPOINT_FILES) + '"'))
+    restart.send_ad(job_ad(second, JobVMCheckpoint="true", VMPARAM_vm_Snapshot_Disk="true"))
     assert restart.call("CONDOR_VM_START", "kvm") == (True, "1")
     assert restart.call("CONDOR_VM_STATUS", "1")[1].startswith("STATUS=Running")
     log = (second / "vmgahp.log").read_text()
@@ -184,7 +183,7 @@ def test_corrupt_checkpoint_holds_the_job_with_bad_image(dirs: list[Path], gahps
     gahp = GahpProcess(work)
     gahps.append(gahp)
     gahp.handshake()
-    gahp.send_ad(job_ad(work, TransferIntermediate='"xen.mem.ckpt,vmgahp-checkpoint.json"'))
+    gahp.send_ad(job_ad(work))
     assert gahp.call("CONDOR_VM_START", "kvm") == (False, "VMGAHP_ERR_BAD_IMAGE")
     assert "checkpoint memory file" in (work / "vmgahp.log").read_text()
     assert (work / "disk.img").exists()  # the input disk is never deleted

@@ -14,8 +14,8 @@
    their qcow2 overlays with ``vm_snapshot_disk``) go to ``--output``.
 5. Ctrl-C vacates: with ``vm_checkpoint = true`` the VM is checkpointed into
    ``--output``/checkpoint first; ``--resume`` that directory restarts it
-   there (its files are transferred in and listed in TransferIntermediate,
-   as the shadow does). A second Ctrl-C kills the VM at once.
+   there (its files are transferred into the scratch directory, as the
+   shadow's spool is; the ad is the first run's, as the starter sends it). A second Ctrl-C kills the VM at once.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ def gahp_env(job: Job, scratch: Path, user: JobUser,
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env.update(
         _CONDOR_VM_GAHP_LOG=str(scratch / scratch_mod.GAHP_LOG),
+        _CONDOR_VM_GAHP_LOG_FORMAT="json",  # run/starter reads the gahp's log to explain failures
         _CONDOR_JOB_IWD=str(job.iwd),
         BATCH_SYSTEM="HTCondor",
     )

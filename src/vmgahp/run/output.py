@@ -11,7 +11,7 @@
   stale (kept, and said so).
 
 The files a resume brought are always sent back, changed or not: the shadow
-lists them in TransferIntermediate, so the next run gets them again.
+keeps a job's checkpoint whole in its spool, so the next run gets them again.
 """
 
 from __future__ import annotations

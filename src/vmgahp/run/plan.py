@@ -54,7 +54,6 @@ def make_plan(options: argparse.Namespace) -> Plan:
         description,
         Identity(chosen.user.login, full_hostname()),
         cluster_id=options.cluster_id,
-        transfer_intermediate=tuple(p.name for p in resume_files),
         default_request_cpus=configured("JOB_DEFAULT_REQUESTCPUS", "1"),
     )
     clash = {item.name for item in job.inputs} & set(OWN_FILES)

@@ -49,7 +49,7 @@ def header(plan: Plan) -> None:
               f"set {default.knob} in the configuration to override)")
     if plan.resume_dir is not None:
         names = ", ".join(p.name for p in plan.resume_files)
-        print(f"  resuming     from {plan.resume_dir} (TransferIntermediate: {names})")
+        print(f"  resuming     from {plan.resume_dir} ({names})")
     sys.stdout.flush()
 
 

@@ -126,10 +126,11 @@ def build(
     *,
     cluster_id: int = 1,
     proc_id: int = 0,
-    transfer_intermediate: tuple[str, ...] = (),
     default_request_cpus: str = "1",
 ) -> Job:
-    """The job ad condor_submit (and the shadow, for a restart) would make."""
+    """The job ad condor_submit would make. A restart's ad is the same: the
+    starter sends no TransferIntermediate, the gahp finds the checkpoint in
+    its working directory."""
     d = description
     universe = d.get("universe")
     if universe is None:
@@ -173,8 +174,6 @@ def build(
     ad["QDate"] = str(int(time.time()))
     ad["JobStatus"] = "2"  # RUNNING: the starter sends the ad of a running job
     file_transfer(ctx)
-    if transfer_intermediate:
-        ad["TransferIntermediate"] = quote(",".join(transfer_intermediate))
     _forced_attributes(ctx, forced)
 
     final = _evaluated(ad)
