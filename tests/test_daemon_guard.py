@@ -180,3 +180,31 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+# ------------------------------------------------------- held RESULTS (issue 11)
+def test_a_held_results_is_answered_when_the_result_comes() -> None:
+    runtime = RecordingRuntime()
+    served = Served(runtime)
+    os.write(served.stdin, b"CONDOR_VM_CHECKPOINT 2 1\r\nRESULTS\r\n")
+    assert read_lines(served.stdout, 1) == ["S"]
+    ready, _, _ = select.select([served.stdout], [], [], 0.3)
+    assert not ready  # held: the checkpoint is still running
+    served.daemon.report(2, True, "")  # from a worker thread, in the real daemon
+    assert read_lines(served.stdout, 3) == ["R", "S 1", "2 0 NULL"]
+    os.write(served.stdin, b"QUIT\r\n")
+    assert read_lines(served.stdout, 1) == ["S"]
+    assert served.finish() == {"code": 0}
+
+
+def test_a_held_results_gets_S_0_at_the_hold_limit() -> None:
+    runtime = RecordingRuntime()
+    served = Served(runtime)
+    served.daemon.hold_limit = 0.5
+    os.write(served.stdin, b"CONDOR_VM_CHECKPOINT 2 1\r\nRESULTS\r\n")
+    assert read_lines(served.stdout, 2, timeout=5) == ["S", "S 0"]
+    served.daemon.report(2, True, "")
+    assert read_lines(served.stdout, 1) == ["R"]  # the result goes the usual way
+    os.write(served.stdin, b"RESULTS\r\nQUIT\r\n")
+    assert read_lines(served.stdout, 3) == ["S 1", "2 0 NULL", "S"]
+    assert served.finish() == {"code": 0}

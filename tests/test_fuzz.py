@@ -168,14 +168,18 @@ class SessionCheck:
         self.pending: set[int] = set()
         self.queue: list[str] = []  # finished results not yet collected
         self.r_sent = False
+        self.held = False  # a RESULTS waits for a result (or the next line)
 
     def line(self, frame: bytes | None) -> None:
         FED["session"] += 1
         actions = self.session.receive_line(None if frame is None else frame.decode("utf-8", "surrogateescape"))
-        expected = self._expected(self.model.expect(frame))
+        released = []
+        if self.held and not self.model.quitting:  # any line answers a held RESULTS first
+            released = self._reply()
+        expected = released + self._expected(self.model.expect(frame))
         assert actions == expected, f"line {frame[:200] if frame else frame!r}"
         # Independently of the model: one reply, or for RESULTS "S n" and n lines.
-        sends = [a.text for a in actions if isinstance(a, Send)]
+        sends = [a.text for a in actions[len(released):] if isinstance(a, Send)]
         if sends:
             count = sends[0][2:]
             assert len(sends) == (1 + int(count) if sends[0].startswith("S ") and count.isdigit() else 1)
@@ -191,14 +195,20 @@ class SessionCheck:
             self.queue.clear()
             return [Quit()]
         if expect.kind == "results":
-            out = [Send(f"S {len(self.queue)}"), *map(Send, self.queue)]
-            self.queue, self.r_sent = [], False
-            return out
+            if not self.queue and self.pending:
+                self.held = True
+                return []
+            return self._reply()
         if expect.request_id in self.pending:
             return [Send("E")]
         self.pending.add(expect.request_id)
         return [Send("S"), Dispatch(Request(expect.request_id, expect.name, expect.vm_type, expect.vm_id,
                                             expect.ad))]
+
+    def _reply(self) -> list:
+        out = [Send(f"S {len(self.queue)}"), *map(Send, self.queue)]
+        self.queue, self.r_sent, self.held = [], False, False
+        return out
 
     def complete(self, request_id_: int, ok: bool, text: str) -> None:
         actions = self.session.complete(request_id_, ok, text)
@@ -206,7 +216,10 @@ class SessionCheck:
         if request_id_ in self.pending and not self.model.quitting:
             self.pending.discard(request_id_)
             self.queue.append(f"{request_id_} {0 if ok else 1} {text or 'NULL'}")
-            if self.model.async_on and not self.r_sent:
+            if self.held:  # R (the C++ order), then the held RESULTS' reply
+                expected = [Send("R")] if self.model.async_on and not self.r_sent else []
+                expected += self._reply()
+            elif self.model.async_on and not self.r_sent:
                 self.r_sent = True
                 expected = [Send("R")]
         assert actions == expected, f"complete({request_id_}, {ok}, {text!r})"

@@ -245,10 +245,11 @@ class TestResults:
 
     def test_empty_results_also_clears_flag(self, session):
         """Even a RESULTS answering 'S 0' re-arms the R."""
-        feed(session, "CONDOR_VM_STATUS 2 1", "CONDOR_VM_STATUS 3 1")
+        feed(session, "CONDOR_VM_STATUS 2 1")
         session.complete(2, True, "a")
         assert session.receive_line("RESULTS") == [Send("S 1"), Send("2 0 a")]
-        assert session.receive_line("RESULTS") == [Send("S 0")]
+        assert session.receive_line("RESULTS") == [Send("S 0")]  # nothing in flight: not held
+        feed(session, "CONDOR_VM_STATUS 3 1")
         assert session.complete(3, True, "b") == [R]
 
     def test_results_oldest_first(self, session):
@@ -320,6 +321,63 @@ class TestResults:
 
 
 # --------------------------------------------------------------------------- CLASSAD mode (3.2, 3.3, Q5)
+class TestHeldResults:
+    """A RESULTS with nothing to report while requests run waits for the first
+    result: the starter's blocking wait then gets it at once, as from the C++
+    gahp, which runs a command before it reads the next line."""
+
+    def test_held_until_the_first_result_then_r_and_the_reply(self, session):
+        feed(session, "CONDOR_VM_CHECKPOINT 2 1")
+        assert session.receive_line("RESULTS") == []
+        assert session.holding
+        assert session.complete(2, True, "") == [R, Send("S 1"), Send("2 0 NULL")]
+        assert not session.holding
+        assert session.receive_line("RESULTS") == [Send("S 0")]
+
+    def test_no_r_when_it_was_already_sent(self, session):
+        feed(session, "CONDOR_VM_STATUS 2 1", "CONDOR_VM_CHECKPOINT 3 1")
+        assert session.complete(2, True, "a") == [R]
+        assert session.receive_line("RESULTS") == [Send("S 1"), Send("2 0 a")]
+        feed(session, "CONDOR_VM_STATUS 4 1")
+        assert session.complete(4, True, "b") == [R]
+        assert session.receive_line("ASYNC_MODE_OFF") == [S]
+        assert session.receive_line("RESULTS") == [Send("S 1"), Send("4 0 b")]
+        assert session.receive_line("RESULTS") == []  # 3 still runs
+        assert session.complete(3, True, "") == [Send("S 1"), Send("3 0 NULL")]  # async off: no R
+
+    def test_queued_results_are_answered_at_once(self, session):
+        """STATUS during a long CHECKPOINT: its result is not kept waiting."""
+        feed(session, "CONDOR_VM_CHECKPOINT 2 1", "CONDOR_VM_STATUS 3 1")
+        session.complete(3, True, "STATUS=Running")
+        assert session.receive_line("RESULTS") == [Send("S 1"), Send("3 0 STATUS=Running")]
+
+    def test_any_line_answers_a_held_results_first(self, session):
+        feed(session, "CONDOR_VM_CHECKPOINT 2 1")
+        session.receive_line("RESULTS")
+        assert session.receive_line("COMMANDS")[0] == Send("S 0")
+        assert not session.holding
+        assert session.complete(2, True, "") == [R]
+
+    def test_quit_answers_the_held_results_then_quits(self, session):
+        feed(session, "CONDOR_VM_CHECKPOINT 2 1")
+        session.receive_line("RESULTS")
+        assert session.receive_line("QUIT") == [Send("S 0"), Quit()]
+
+    def test_release_is_the_shells_time_limit(self, session):
+        feed(session, "CONDOR_VM_CHECKPOINT 2 1")
+        session.receive_line("RESULTS")
+        assert session.release() == [Send("S 0")]
+        assert session.release() == []
+        assert session.complete(2, True, "") == [R]
+
+    def test_a_malformed_or_overlong_line_also_releases(self, session):
+        feed(session, "CONDOR_VM_CHECKPOINT 2 1")
+        session.receive_line("RESULTS")
+        assert session.receive_line(None) == [Send("S 0"), E]
+        session.receive_line("RESULTS")
+        assert session.receive_line("NOT_A_COMMAND") == [Send("S 0"), E]
+
+
 class TestClassAdMode:
     def test_lines_swallowed_without_reply(self, session):
         """Inside a CLASSAD block every line, QUIT and RESULTS included, gets no reply."""

@@ -150,7 +150,7 @@ def _serve(invocation: Invocation, user: object) -> int:
     _apply_log_settings(invocation, settings)
 
     session = GahpSession(available_types(), BANNER)
-    daemon = Daemon(session)
+    daemon = Daemon(session, hold_limit=settings.call_timeout + 5.0)  # every result is in by then
     daemon.write_banner(BANNER)
     # The request machinery is not needed for the banner; the starter's first
     # command waits in the pipe meanwhile.

@@ -7,6 +7,11 @@ and RESULTS blocks never interleave. Each reply is written with ``os.write``
 straight to the file descriptor: nothing is buffered, nothing else ever goes
 to stdout.
 
+A RESULTS the session holds (nothing to report yet, requests in flight) is
+answered when a result comes, when another line comes, or after
+``hold_limit`` seconds - the runtime's call deadline, past which every
+request has its result anyway; the limit only guards against a bug.
+
 QUIT, EOF on stdin, a broken stdout and SIGTERM/SIGQUIT/SIGINT all destroy
 every VM this gahp started and exit 0; only QUIT prints its ``S`` (after the
 VMs are gone). A line whose handling raises is answered ``E`` and logged with
@@ -19,6 +24,7 @@ import os
 import selectors
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Callable
 
 from vmgahp import log
@@ -33,8 +39,10 @@ _EXIT_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
 
 
 class Daemon:
-    def __init__(self, session: GahpSession, in_fd: int = 0, out_fd: int = 1) -> None:
+    def __init__(self, session: GahpSession, in_fd: int = 0, out_fd: int = 1, hold_limit: float = 300.0) -> None:
         self.session = session
+        self.hold_limit = hold_limit
+        self._held_since: float | None = None
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.runtime: Runtime | None = None
@@ -82,6 +90,8 @@ class Daemon:
                 elif isinstance(action, Quit):
                     quit_requested = True
         assert self.runtime is not None
+        if self.session.holding:  # every line answers an older hold: this one is new
+            self._held_since = time.monotonic()
         if self.session.receiving_ad:
             self.runtime.prepare_for_start()  # once: load what START needs now
         for request in dispatches:
@@ -132,9 +142,27 @@ class Daemon:
             os.close(wake_read)
             os.close(wake_write)
 
+    def _hold_timeout(self) -> float | None:
+        """Seconds until a held RESULTS must be answered; None if none is held."""
+        with self._lock:
+            if not self.session.holding:
+                self._held_since = None
+                return None
+            assert self._held_since is not None
+            left = self._held_since + self.hold_limit - time.monotonic()
+            if left > 0:
+                return left
+            log.get().warning("results_hold_expired", seconds=self.hold_limit,
+                              detail="a RESULTS waited its limit for a result; answered with none")
+            for action in self.session.release():
+                if isinstance(action, Send):
+                    self._write(action.text)
+            self._held_since = None
+            return None
+
     def _loop(self, selector: selectors.BaseSelector, wake_read: int) -> int:
         while not self._output_broken:
-            for key, _ in selector.select():
+            for key, _ in selector.select(self._hold_timeout()):
                 if key.data == "signal":
                     signum = os.read(wake_read, 64)[:1]
                     log.get().info("signal", signum=signum[0] if signum else None, detail="exiting")

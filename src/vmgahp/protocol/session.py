@@ -15,6 +15,16 @@ the "R already signalled" flag, the FIFO of finished results, the set of
 pending request ids, and the job ad being received. It never touches a file
 descriptor, a thread or a hypervisor, so every rule of spec sections 2 and 3
 is unit-testable line by line.
+
+A RESULTS with nothing to report while requests are in flight is **held**:
+its reply goes out when the first of them finishes (after its ``R``, in the
+C++ gahp's order), when the peer sends another line, or when the shell calls
+:meth:`GahpSession.release` (its time limit). The real starter waits for a result by writing RESULTS, sleeping 1 s,
+reading the reply, then sleeping 2 s before it polls again; against the C++
+gahp, which runs each command before it reads the next line, its first
+RESULTS already carries the result. Answering ``S 0`` at once would cost it up
+to 3 s per command; holding the reply makes the result reach it as soon as
+the command is done, and never later than the C++ gahp would.
 """
 
 from __future__ import annotations
@@ -73,12 +83,19 @@ class GahpSession:
         self._ad_bytes = 0
         self.ad_too_big = False  # the last CLASSAD block passed MAX_AD_BYTES
         self.quitting = False
+        self._held = False  # a RESULTS waits for its reply (see the module doc)
 
     # ------------------------------------------------------------------ input
     def receive_line(self, line: str | None) -> list[Action]:
-        """``None`` is a line too long to keep (see ``wire.LineFramer``)."""
+        """``None`` is a line too long to keep (see ``wire.LineFramer``).
+        A held RESULTS is answered first: the peer has not waited for it."""
         if self.quitting:
             return []
+        if self._held:
+            return self.release() + self._receive(line)
+        return self._receive(line)
+
+    def _receive(self, line: str | None) -> list[Action]:
         if line is None:
             # Inside an ad it would be one attribute the gahp cannot hold:
             # dropped like any line that does not parse. Outside, an E.
@@ -132,10 +149,10 @@ class GahpSession:
 
     def _local_command(self, name: str) -> list[Action]:
         if name == "RESULTS":
-            lines = [f"S {len(self._results)}", *self._results]
-            self._results.clear()
-            self._r_signalled = False
-            return [Send(text) for text in lines]
+            if not self._results and self._pending:
+                self._held = True
+                return []
+            return self._results_reply()
         if name == "COMMANDS":
             return [Send(commands.COMMANDS_REPLY)]
         if name == "SUPPORT_VMS":
@@ -170,15 +187,37 @@ class GahpSession:
 
     # ---------------------------------------------------------------- results
     def complete(self, request_id: int, ok: bool, text: str) -> list[Action]:
-        """Queue the result of a finished request; maybe announce it with R."""
+        """Queue the result of a finished request; answer a held RESULTS with
+        it, or maybe announce it with R."""
         if self.quitting or request_id not in self._pending:
             return []
         self._pending.discard(request_id)
         self._results.append(wire.result_line(request_id, ok, text))
+        if self._held:
+            # The C++ gahp's order: R when the command is done, then the reply
+            # to the RESULTS it read after it (the starter drops the R).
+            notify = [Send("R")] if self.async_mode and not self._r_signalled else []
+            return notify + self._results_reply()
         if self.async_mode and not self._r_signalled:
             self._r_signalled = True
             return [Send("R")]
         return []
+
+    def release(self) -> list[Action]:
+        """The reply of a held RESULTS, now, with whatever is there."""
+        return self._results_reply() if self._held else []
+
+    def _results_reply(self) -> list[Action]:
+        lines = [f"S {len(self._results)}", *self._results]
+        self._results.clear()
+        self._r_signalled = False
+        self._held = False
+        return [Send(text) for text in lines]
+
+    @property
+    def holding(self) -> bool:
+        """A RESULTS is waiting for its reply."""
+        return self._held
 
     @property
     def receiving_ad(self) -> bool:
