@@ -20,6 +20,27 @@ scripts/setup.sh) and ``/tmp`` (the tests' disks) are shared.
 * From outside the socket is ``/proc/<anchor>/root/run/libvirt/libvirt-sock``,
   the URI ``qemu+unix:///system?socket=<that path>``.
 
+**Stock settings** (``PrivateLibvirtd(workdir, stock=True)``, the
+``stock_libvirtd`` fixture): a tmpfs also covers ``/etc/libvirt`` in the
+namespace, holding only ``qemu.conf`` as Debian 12's libvirt-daemon-system
+ships it - every line a comment, so every setting is libvirt's compiled-in
+default: QEMU runs as ``libvirt-qemu:libvirt-qemu``, ``dynamic_ownership = 1``,
+``remember_owner = 1``, the DAC security driver (AppArmor too where it is
+active), ``stdio_handler = "logd"``. The last needs virtlogd, which the
+package's init files would start: it is started here in the namespace too
+(``virtlogd -p /run/libvirt/virtlogd.pid``; its socket, in the private
+``/run/libvirt``, is what this libvirtd finds), before libvirtd and killed by
+its pid after it. No setting is added to make anything pass. And ``/dev`` is
+a copy with ``/dev/kvm`` as Debian's udev makes it, ``root:kvm 0660``
+(libvirt-qemu is in ``kvm``): this machine has no udev and the node is
+``root:root 0600``. The QEMU that probes capabilities keeps
+CAP_DAC_OVERRIDE and finds KVM, but libvirt then checks /dev/kvm as
+libvirt-qemu, finds it unusable and throws its capability cache away before
+every start and restore ("KVM was enabled when probing
+'/usr/bin/qemu-system-x86_64', but it is not available now"): a full probe,
+8 s idle and ~50 s on a loaded machine, in each START. The guests run under
+TCG (``VM_KVM_DOMAIN_TYPE = qemu``) either way.
+
 The QEMU capabilities cache of the shared daemon is copied in first, so the
 private daemon does not probe QEMU again (~8 s here).
 
@@ -33,6 +54,7 @@ daemon that is installed but does not come up is an error.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -44,7 +66,7 @@ from typing import Callable, Iterator, TypeVar
 
 import pytest
 
-__all__ = ["PrivateLibvirtd", "_private_libvirtd_session", "private_libvirtd"]
+__all__ = ["PrivateLibvirtd", "_private_libvirtd_session", "private_libvirtd", "stock_libvirtd"]
 
 T = TypeVar("T")
 
@@ -52,15 +74,54 @@ PRIVATE_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/
 START_TIMEOUT = 60.0  # socket up and the first call answered (a cold capability probe is ~8 s)
 CALL_TIMEOUT = 30.0  # one call of the helpers; libvirtd must not be SIGSTOPped then
 
+# Debian 12's /etc/libvirt/qemu.conf (libvirt-daemon-system 9.0.0) has no
+# active line: 36 KB of comments. This is the same configuration, said short.
+STOCK_QEMU_CONF = """\
+# /etc/libvirt/qemu.conf of a stock Debian 12 libvirt (libvirt-daemon-system
+# 9.0.0): every setting at libvirt's compiled-in default, as the package
+# ships it (there every line is a comment). In effect:
+#   user = "libvirt-qemu"    group = "libvirt-qemu"
+#   dynamic_ownership = 1    remember_owner = 1
+#   security_driver: dac (and apparmor where AppArmor is active)
+#   stdio_handler = "logd"   (virtlogd)
+"""
+
 ANCHOR_SCRIPT = r"""
 set -e
 stage="$1"
+etc="$2"
 # The shared daemon's QEMU capabilities, copied before the tmpfs hides them.
 if [ -d /var/cache/libvirt/qemu ]; then cp -a /var/cache/libvirt/qemu "$stage/qemu-cache" || true; fi
 for dir in {dirs}; do
     mount -t tmpfs -o mode=0755 tmpfs "$dir"
 done
 if [ -d "$stage/qemu-cache" ]; then cp -a "$stage/qemu-cache" /var/cache/libvirt/qemu || true; fi
+if [ -n "$etc" ]; then
+    # A configuration of its own: only what is in $etc (the stock qemu.conf).
+    mkdir -p /etc/libvirt
+    mount -t tmpfs -o mode=0755 tmpfs /etc/libvirt
+    cp -a "$etc"/. /etc/libvirt/
+fi
+if [ -n "$etc" ] && [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+    # /dev as a stock Debian host has it: /dev/kvm root:kvm 0660, as udev
+    # makes it (see the module docstring). A copy of /dev on a tmpfs, with the mounts
+    # below it bound in again, moved over /dev: a file bound over /dev/kvm
+    # alone would break libvirt, which moves every mount under /dev into the
+    # namespace it makes for QEMU ("Unable to move /dev/kvm mount to ...").
+    mount -t tmpfs -o mode=0755 tmpfs "$stage/dev"
+    for entry in /dev/* /dev/.[!.]*; do
+        [ -e "$entry" ] || [ -L "$entry" ] || continue
+        if mountpoint -q "$entry"; then mkdir -p "$stage$entry"; mount --bind "$entry" "$stage$entry"
+        else cp -a "$entry" "$stage/dev/"; fi
+    done
+    chgrp kvm "$stage/dev/kvm"
+    chmod 0660 "$stage/dev/kvm"
+    # The old /dev goes first (in this namespace only): mounts left under
+    # the new one would still be listed in /proc/mounts, and libvirt would
+    # try to move them too ("Unable to move /dev/pts mount ...: Invalid argument").
+    umount -l /dev
+    mount --move "$stage/dev" /dev
+fi
 echo ready
 # Held until the test process is gone. If it dies without its teardown, this
 # watchdog kills what runs in the namespace (libvirtd, QEMUs; only ours live here).
@@ -105,11 +166,13 @@ def _with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
 class PrivateLibvirtd:
     """One private libvirtd in its own mount namespace; see the module docstring."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, stock: bool = False) -> None:
         self.workdir = workdir
+        self.stock = stock  # Debian's own qemu.conf (QEMU as libvirt-qemu, DAC) and virtlogd
         self.log_path = workdir / "libvirtd.log"
         self.anchor: subprocess.Popen | None = None
         self.daemon: subprocess.Popen | None = None
+        self.virtlogd: subprocess.Popen | None = None
         self.stopped = False
         self.starts = 0
 
@@ -134,11 +197,22 @@ class PrivateLibvirtd:
     def uri(self) -> str:
         return f"qemu+unix:///system?socket={self.socket}"
 
+    def path(self, inside: str) -> Path:
+        """A path of the namespace (``/var/log/libvirt/qemu/<name>.log``) seen from outside."""
+        return Path(f"/proc/{self.anchor_pid}/root{inside}")
+
     # ------------------------------------------------------------- lifecycle
     def open_namespace(self) -> None:
         stage = Path(tempfile.mkdtemp(prefix="stage-", dir=self.workdir))
+        etc = ""
+        if self.stock:
+            etc_dir = stage / "etc"
+            etc_dir.mkdir()
+            (etc_dir / "qemu.conf").write_text(STOCK_QEMU_CONF)
+            etc = str(etc_dir)
+            (stage / "dev").mkdir()
         self.anchor = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", ANCHOR_SCRIPT, "anchor", str(stage)],
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", ANCHOR_SCRIPT, "anchor", str(stage), etc],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         line = self.anchor.stdout.readline().decode().strip()  # type: ignore[union-attr]
@@ -147,6 +221,24 @@ class PrivateLibvirtd:
             error = self.anchor.stderr.read().decode().strip()  # type: ignore[union-attr]
             pytest.fail(f"cannot make the private mount namespace: {error or line!r}")
         shutil.rmtree(stage, ignore_errors=True)
+        if self.stock:
+            self._start_virtlogd()
+
+    def _start_virtlogd(self) -> None:
+        """virtlogd in the namespace, as the distribution's init files start it."""
+        with open(self.workdir / "virtlogd.stderr", "ab") as stderr:
+            self.virtlogd = subprocess.Popen(
+                ["nsenter", f"--mount=/proc/{self.anchor_pid}/ns/mnt", "virtlogd", "-p", "/run/libvirt/virtlogd.pid"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+            )
+        sock = self.path("/run/libvirt/virtlogd-sock")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not sock.exists():
+            if self.virtlogd.poll() is not None:
+                pytest.fail(f"virtlogd exited with {self.virtlogd.returncode}; see {self.workdir / 'virtlogd.stderr'}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"virtlogd made no socket within {START_TIMEOUT:g} s")
+            time.sleep(0.05)
 
     def start(self) -> None:
         """Start libvirtd in the namespace (also after a SIGKILL) and wait until it answers."""
@@ -265,7 +357,7 @@ class PrivateLibvirtd:
             ns = os.readlink(f"/proc/{self.anchor_pid}/ns/mnt")
         except OSError:
             return []
-        own = {self.anchor_pid, self.pid}
+        own = {self.anchor_pid, self.pid, self.virtlogd.pid if self.virtlogd is not None else None}
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) in own:
@@ -290,6 +382,9 @@ class PrivateLibvirtd:
                 except Exception:
                     pass  # QEMUs are killed by pid below
             self.kill()
+            if self.virtlogd is not None and self.virtlogd.poll() is None:
+                os.kill(self.virtlogd.pid, signal.SIGKILL)
+                self.virtlogd.wait(timeout=10)
             for pid in self.namespace_pids():
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -340,3 +435,24 @@ def private_libvirtd(_private_libvirtd_session: PrivateLibvirtd) -> Iterator[Pri
     yield daemon
     daemon.ensure_running()
     daemon.destroy_all()
+
+
+@pytest.fixture(scope="session")
+def stock_libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
+    """A private libvirtd with Debian's stock qemu.conf and its own virtlogd (see the module docstring)."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("virtlogd") is None:
+        pytest.skip("virtlogd is not installed (it comes with libvirt-daemon)")
+    try:
+        pwd.getpwnam("libvirt-qemu")
+    except KeyError:
+        pytest.skip("there is no libvirt-qemu user (run scripts/setup.sh)")
+    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("stock-libvirtd"), stock=True)
+    try:
+        daemon.open_namespace()
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.close()

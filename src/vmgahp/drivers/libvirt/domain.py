@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import libvirt
 
@@ -40,9 +41,20 @@ def map_state(state: int) -> DomainState:
 
 
 class LibvirtDomain(Domain):
-    def __init__(self, name: str, connection: LibvirtConnection) -> None:
+    def __init__(self, name: str, connection: LibvirtConnection, on_end: Callable[[], None] | None = None) -> None:
+        """``on_end`` runs once the domain is known to have ended here (saved,
+        powered off, destroyed): the driver gives the job's files back."""
         self.name = name
         self._connection = connection
+        self._on_end = on_end
+
+    def _ended(self) -> None:
+        on_end, self._on_end = self._on_end, None  # once: the domain does not come back under this handle
+        if on_end is not None:
+            try:
+                on_end()
+            except Exception as exc:  # never fails the operation that ended the domain
+                log.get().warning("on_end_failed", name=self.name, detail=str(exc))
 
     def __repr__(self) -> str:
         return f"LibvirtDomain({self.name!r}, uri={self._connection.uri!r})"
@@ -83,6 +95,7 @@ class LibvirtDomain(Domain):
             )
         except libvirt.libvirtError as exc:
             if is_no_domain(exc):
+                self._ended()  # a transient domain that powered off is gone
                 return DomainInfo(DomainState.GONE)
             raise hypervisor_error(exc, f"info of {self.name}") from exc
         return DomainInfo(
@@ -147,6 +160,7 @@ class LibvirtDomain(Domain):
             raise hypervisor_error(exc, f"save of {self.name} to {target}") from exc
         log.get().info("domain_saved", name=self.name, path=str(target),
                        seconds=round(time.monotonic() - started, 3))
+        self._ended()
         return SavedState((state.MEMORY,), tuple(files), {"domain_xml": description, "disks": disks})
 
     def shutdown(self, grace_seconds: float) -> None:
@@ -154,6 +168,7 @@ class LibvirtDomain(Domain):
         destroy the domain if it outlives the grace."""
         state = self._raw_state()
         if state is None or state in _ENDED:
+            self._ended()
             return
         dom = self._require("shutdown")
         if state == libvirt.VIR_DOMAIN_PAUSED:
@@ -166,6 +181,7 @@ class LibvirtDomain(Domain):
             dom.shutdown()
         except libvirt.libvirtError as exc:
             if is_no_domain(exc):
+                self._ended()
                 return
             log.get().warning("shutdown_request_failed", name=self.name, detail=str(exc))
             self.destroy()
@@ -179,6 +195,7 @@ class LibvirtDomain(Domain):
             if state is None or state in _ENDED:
                 log.get().info("domain_powered_off", name=self.name, presses=presses,
                                seconds=round(time.monotonic() - began, 1))
+                self._ended()
                 return
             now = time.monotonic()
             remaining = deadline - now
@@ -205,12 +222,15 @@ class LibvirtDomain(Domain):
     def destroy(self) -> None:
         dom = self._lookup()
         if dom is None:
+            self._ended()
             return
         try:
             dom.destroy()
         except libvirt.libvirtError as exc:
             # Gone meanwhile, or a persistent domain that is already off.
             if is_no_domain(exc) or is_not_running(exc):
+                self._ended()
                 return
             raise hypervisor_error(exc, f"destroy of {self.name}") from exc
         log.get().info("domain_destroyed", name=self.name)
+        self._ended()

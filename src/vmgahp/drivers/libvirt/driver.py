@@ -25,7 +25,7 @@ import libvirt
 from vmgahp import log
 from vmgahp.drivers.base import (Capability, DomainState, HostCheckError, HostError, Hypervisor,
                                  HypervisorError, SavedState)
-from vmgahp.drivers.libvirt import job_ad, overlays, state
+from vmgahp.drivers.libvirt import images, job_ad, overlays, state
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
 from vmgahp.drivers.libvirt.domain import LibvirtDomain
 from vmgahp.drivers.libvirt.domain_xml import DomainXmlError, build_domain_xml
@@ -74,6 +74,7 @@ class LibvirtHypervisor(Hypervisor):
         self._lock = threading.Lock()
         self._plan: NetworkPlan | None = None
         self._start_validate: bool | None = None  # None: not tried yet
+        self._files: dict[str, images.JobFiles] = {}  # by VM name: what its disks open, for finish()
 
     def __repr__(self) -> str:
         return f"LibvirtHypervisor({self.vm_type!r}, uri={self.uri!r})"
@@ -188,6 +189,19 @@ class LibvirtHypervisor(Hypervisor):
             overlays.commit_down(job)
         else:
             overlays.remove_all(job)
+        files = self._files.pop(job.name, None)
+        if files is not None:
+            files.give_back()
+
+    def _check_images(self, job: VmJob) -> images.JobFiles:
+        """What the VM's disks open, checked as the job user (images.py); the
+        test hypervisor opens no file."""
+        if urlsplit(self.uri).scheme.startswith("test"):
+            files = images.JobFiles()
+        else:
+            files = images.check_images(job)
+        self._files[job.name] = files
+        return files
 
     def restore_mismatch(self, job: VmJob, saved: SavedState) -> str:
         return state.mismatch(job, dict(saved.record))
@@ -202,6 +216,7 @@ class LibvirtHypervisor(Hypervisor):
         if existing is not None:
             raise HostError(f"a domain named {job.name} already exists on {self.uri}; it is left alone "
                             "(another job's VM, or a leftover that the startd's kill mode removes)")
+        files = self._check_images(job)
         log.get().debug("domain_xml", name=job.name, origin=origin, xml=xml)
         # Our own XML is checked against libvirt's schema; an admin's script
         # XML is not, as the C++ gahp never did and libvirt parses it leniently.
@@ -209,12 +224,13 @@ class LibvirtHypervisor(Hypervisor):
         try:
             self._create_xml(xml, validate)
         except libvirt.libvirtError as exc:
+            files.give_back()
             failure = start_failure(exc, job, origin)
             log.get().error("domain_start_failed", name=job.name, kind=type(failure).__name__,
                             code=exc.get_error_code(), detail=failure.message)
             raise failure from exc
         log.get().info("domain_started", name=job.name, origin=origin, uri=self.uri)
-        return LibvirtDomain(job.name, self.connection)
+        return LibvirtDomain(job.name, self.connection, on_end=files.give_back)
 
     def _create_xml(self, xml: str, validate: bool) -> None:
         if validate and self._start_validate is not False:
@@ -236,6 +252,7 @@ class LibvirtHypervisor(Hypervisor):
             raise HostError(f"a domain named {job.name} already exists on {self.uri}; it is left alone")
         file = str(state.memory_file(job, saved))
         dxml = self._moved_disks_xml(job, file)
+        files = self._check_images(job)
         try:
             try:
                 self.connection.call(lambda conn: conn.restoreFlags(file, dxml, 0))
@@ -245,10 +262,11 @@ class LibvirtHypervisor(Hypervisor):
                 log.get().warning("restore_xml_refused", uri=self.uri, detail=error_message(exc))
                 self.connection.call(lambda conn: conn.restore(file))
         except libvirt.libvirtError as exc:
+            files.give_back()
             raise restore_failure(exc, f"restore of {job.name} from {file}") from exc
-        domain = self.lookup(job.name)
-        if domain is None:
+        if self.lookup(job.name) is None:
             raise HostError(f"restored {file}, but there is no domain named {job.name}")
+        domain = LibvirtDomain(job.name, self.connection, on_end=files.give_back)
         # An image saved while paused comes back paused on drivers that did
         # not take VIR_DOMAIN_SAVE_RUNNING at save time.
         if domain.info().state is DomainState.PAUSED:

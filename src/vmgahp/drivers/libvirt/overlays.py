@@ -179,6 +179,8 @@ def prepare(job: VmJob, tops: dict[str, str] | None = None, avoid: frozenset[str
         overlay = Path(working_dir) / overlay_name(disk.device, generation)
         _create(overlay, below, below_format, working_dir)
         log.get().info("overlay_created", overlay=overlay.name, backing=os.path.basename(below))
+        # The job user's alone: libvirt hands it to its QEMU user for the run.
+        os.chmod(overlay, 0o600)
         give_to(overlay, job.owner_uid, job.owner_gid)
         disks.append(disk.model_copy(update={"path": str(overlay), "format": "qcow2"}))
     return job.model_copy(update={"disks": tuple(disks)})
