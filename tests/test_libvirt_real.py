@@ -8,6 +8,7 @@ the ACPI power button, so shutdown() must destroy it after the grace.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -15,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import settings
 from libvirtd_fixture import Libvirtd
-from vmgahp import errors
-from vmgahp.gahp.config import Settings
-from vmgahp.drivers.base import DomainState
+from vmgahp.drivers.base import DomainState, HostError, JobImageError
+from vmgahp.drivers.libvirt import save_image
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
-from vmgahp.errors import GahpError
 from vmgahp.job.model import Disk, VmJob
 
 pytestmark = pytest.mark.libvirtd
@@ -28,8 +28,7 @@ pytestmark = pytest.mark.libvirtd
 
 @pytest.fixture
 def hv(libvirtd: Libvirtd) -> LibvirtHypervisor:
-    cfg = Settings(vm_memory=1024, kvm_uri=libvirtd.uri, kvm_domain_type="qemu", shutdown_timeout=2)
-    hypervisor = LibvirtHypervisor(cfg, "kvm")
+    hypervisor = LibvirtHypervisor(settings(VM_KVM_LIBVIRT_URI=libvirtd.uri, VM_KVM_DOMAIN_TYPE="qemu"), "kvm")
     hypervisor.check_host()
     yield hypervisor
     hypervisor.close()
@@ -75,10 +74,9 @@ def test_real_lifecycle(hv: LibvirtHypervisor, tmp_path: Path) -> None:
         domain.unpause()
         assert domain.info().state is DomainState.RUNNING
 
-        save_file = tmp_path / "xen.mem.ckpt"
         domain.pause()  # saved paused: must still come back running
-        domain.save(save_file)
-        assert save_file.stat().st_size > 0
+        saved = domain.save(tmp_path, "")
+        assert (tmp_path / saved.files[0]).stat().st_size > 0
         assert domain.info().state is DomainState.GONE
 
         # Restore with the disk moved, as a checkpoint restarted in another
@@ -86,7 +84,7 @@ def test_real_lifecycle(hv: LibvirtHypervisor, tmp_path: Path) -> None:
         moved = tmp_path / "moved.img"
         os.rename(job.disks[0].path, moved)
         moved_job = job.model_copy(update={"disks": (job.disks[0].model_copy(update={"path": str(moved)}),)})
-        restored = hv.restore(moved_job, save_file)
+        restored = hv.restore(moved_job, saved)
         assert restored.info().state is DomainState.RUNNING
         xml = ET.fromstring(hv.connection.get().lookupByName(job.name).XMLDesc())
         assert xml.find("devices/disk/source").get("file") == str(moved)
@@ -103,10 +101,9 @@ def test_real_missing_disk_is_bad_image(hv: LibvirtHypervisor, tmp_path: Path) -
     missing = Disk(path=str(tmp_path / "missing.img"), device="vda", permission="w", format="raw")
     job = real_job(tmp_path, missing)
     try:
-        with pytest.raises(GahpError) as info:
+        with pytest.raises(JobImageError) as info:
             hv.create(job)
-        assert info.value.token == errors.BAD_IMAGE
-        assert missing.path in info.value.detail
+        assert missing.path in info.value.message
     finally:
         hv.destroy_by_name(job.name)
 
@@ -116,21 +113,17 @@ def test_real_wrong_format_is_bad_image(hv: LibvirtHypervisor, tmp_path: Path) -
     disk = Disk(path=str(blank_disk(tmp_path / "raw.img")), device="vda", permission="w", format="qcow2")
     job = real_job(tmp_path, disk)
     try:
-        with pytest.raises(GahpError) as info:
+        with pytest.raises(JobImageError) as info:
             hv.create(job)
-        assert info.value.token == errors.BAD_IMAGE
-        assert "not in qcow2 format" in info.value.detail
+        assert "not in qcow2 format" in info.value.message
     finally:
         hv.destroy_by_name(job.name)
 
 
-
 def test_real_locked_image_is_internal(hv: LibvirtHypervisor, tmp_path: Path) -> None:
     """An image another process holds open for writing: QEMU cannot get its lock.
-    A good image on a busy host is not the job's fault, so the job is requeued
-    (INTERNAL), not held (BAD_IMAGE)."""
-    import subprocess
-
+    A good image on a busy host is not the job's fault: the host's (the job is
+    requeued), not the image's (held)."""
     image = blank_disk(tmp_path / "locked.img")
     holder = subprocess.Popen(["qemu-io", "-f", "raw", str(image)], stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -138,11 +131,71 @@ def test_real_locked_image_is_internal(hv: LibvirtHypervisor, tmp_path: Path) ->
         assert wait_for(lambda: any(f"{image}" in os.readlink(f"/proc/{holder.pid}/fd/{fd}")
                                     for fd in os.listdir(f"/proc/{holder.pid}/fd")), timeout=10)
         job = real_job(tmp_path, Disk(path=str(image), device="vda", permission="w", format="raw"))
-        with pytest.raises(GahpError) as info:
+        with pytest.raises(HostError) as info:
             hv.create(job)
-        assert info.value.token == errors.INTERNAL
-        assert "lock" in info.value.detail
+        assert "lock" in info.value.message
         assert hv.lookup(job.name) is None
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------ compressed memory states
+def _running(hv: LibvirtHypervisor, tmp_path: Path) -> tuple[VmJob, object]:
+    job = real_job(tmp_path)
+    domain = hv.create(job)
+    assert wait_for(lambda: domain.info().cpu_time_ns > 0)
+    return job, domain
+
+
+def test_real_save_is_compressed_and_restores(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    job, domain = _running(hv, tmp_path)
+    try:
+        saved = domain.save(tmp_path, ".partial")
+        state = tmp_path / (saved.files[0] + ".partial")
+        assert save_image.is_compressed(state)
+        image = subprocess.run([save_image.find_zstd(), "-q", "-d", "-c", str(state)],
+                               capture_output=True, check=True).stdout
+        assert image[:16] == save_image.LIBVIRT_COMPLETE  # libvirt's final header, byte for byte
+        assert len(image) > 3 * state.stat().st_size
+        os.replace(state, tmp_path / saved.files[0])
+        restored = hv.restore(job, saved)
+        assert restored.info().state is DomainState.RUNNING
+        assert not list(tmp_path.glob("*.raw"))
+    finally:
+        hv.destroy_by_name(job.name)
+
+
+def test_real_uncompressed_state_still_restores(hv: LibvirtHypervisor, libvirtd: Libvirtd, tmp_path: Path) -> None:
+    """A state of an older vmgahp, the C++ gahp or a node with compression off."""
+    plain = LibvirtHypervisor(settings(VM_KVM_LIBVIRT_URI=libvirtd.uri, VM_KVM_DOMAIN_TYPE="qemu",
+                                       VM_CHECKPOINT_COMPRESSION="false"), "kvm")
+    job, domain = _running(plain, tmp_path)
+    try:
+        saved = plain.lookup(job.name).save(tmp_path, "")
+        with open(tmp_path / saved.files[0], "rb") as handle:
+            assert handle.read(16) == save_image.LIBVIRT_COMPLETE
+        assert hv.restore(job, saved).info().state is DomainState.RUNNING
+    finally:
+        hv.destroy_by_name(job.name)
+        plain.close()
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_real_damaged_compressed_state_is_the_jobs_and_leaves_no_domain(
+        hv: LibvirtHypervisor, tmp_path: Path, damage: str) -> None:
+    job, domain = _running(hv, tmp_path)
+    try:
+        saved = domain.save(tmp_path, "")
+        state = tmp_path / saved.files[0]
+        data = bytearray(state.read_bytes())
+        if damage == "flipped":
+            data[save_image.SLOT + (len(data) - save_image.SLOT) // 2] ^= 0x10
+        else:
+            del data[save_image.SLOT + (len(data) - save_image.SLOT) // 2:]
+        state.write_bytes(bytes(data))
+        with pytest.raises(JobImageError, match="damaged"):
+            hv.restore(job, saved)
+        assert hv.lookup(job.name) is None
+    finally:
+        hv.destroy_by_name(job.name)

@@ -41,12 +41,16 @@ def map_state(state: int) -> DomainState:
 
 
 class LibvirtDomain(Domain):
-    def __init__(self, name: str, connection: LibvirtConnection, on_end: Callable[[], None] | None = None) -> None:
+    def __init__(self, name: str, connection: LibvirtConnection, on_end: Callable[[], None] | None = None,
+                 zstd: str | None = None) -> None:
         """``on_end`` runs once the domain is known to have ended here (saved,
-        powered off, destroyed): the driver gives the job's files back."""
+        powered off, destroyed): the driver gives the job's files back.
+        ``zstd`` compresses this domain's saves; None writes libvirt's raw
+        image (compression off, or no zstd here)."""
         self.name = name
         self._connection = connection
         self._on_end = on_end
+        self._zstd = zstd
 
     def _ended(self) -> None:
         on_end, self._on_end = self._on_end, None  # once: the domain does not come back under this handle
@@ -134,32 +138,41 @@ class LibvirtDomain(Domain):
             raise hypervisor_error(exc, f"XML of {self.name}") from exc
 
     def save(self, working_dir: Path, suffix: str) -> SavedState:
-        """Write the memory state to ``xen.mem.ckpt<suffix>``; the transient domain
+        """Write the memory state to ``xen.mem.ckpt<suffix>`` (zstd-compressed
+        as libvirt writes it, see :mod:`save_image`); the transient domain
         ends. The record holds the domain XML and the disks as libvirt had them.
 
         The image is marked to come back running even when the domain was
         paused, so a restore always resumes the guest.
         """
-        from vmgahp.drivers.libvirt import state
+        from vmgahp.drivers.libvirt import save_image, state
         from vmgahp.drivers.libvirt.xml_edit import file_disks
 
         description = self.describe()
         disks, files = state.record_disks(file_disks(description), str(working_dir))
         target = working_dir / (state.MEMORY + suffix)
         dom = self._require("save")
-        started = time.monotonic()
-        try:
+
+        def run_save(path: str) -> None:
             try:
-                dom.saveFlags(str(target), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                dom.saveFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             except libvirt.libvirtError as exc:
                 if not is_flag_refused(exc):
                     raise
-                dom.save(str(target))  # the test driver refuses the flag
+                dom.save(path)  # the test driver refuses the flag
+
+        started = time.monotonic()
+        compressed = False
+        try:
+            if self._zstd is None:
+                run_save(str(target))
+            else:
+                compressed = save_image.save(run_save, target, self._zstd)
         except libvirt.libvirtError as exc:
             target.unlink(missing_ok=True)
             raise hypervisor_error(exc, f"save of {self.name} to {target}") from exc
-        log.get().info("domain_saved", name=self.name, path=str(target),
-                       seconds=round(time.monotonic() - started, 3))
+        log.get().info("domain_saved", name=self.name, path=str(target), compressed=compressed,
+                       bytes=target.stat().st_size, seconds=round(time.monotonic() - started, 3))
         self._ended()
         return SavedState((state.MEMORY,), tuple(files), {"domain_xml": description, "disks": disks})
 

@@ -24,8 +24,8 @@ import libvirt
 
 from vmgahp import log
 from vmgahp.drivers.base import (Capability, DomainState, HostCheckError, HostError, Hypervisor,
-                                 HypervisorError, SavedState)
-from vmgahp.drivers.libvirt import images, job_ad, overlays, state
+                                 HypervisorError, JobImageError, SavedState)
+from vmgahp.drivers.libvirt import images, job_ad, overlays, save_image, state
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
 from vmgahp.drivers.libvirt.domain import LibvirtDomain
 from vmgahp.drivers.libvirt.domain_xml import DomainXmlError, build_domain_xml
@@ -75,6 +75,13 @@ class LibvirtHypervisor(Hypervisor):
         self._plan: NetworkPlan | None = None
         self._start_validate: bool | None = None  # None: not tried yet
         self._files: dict[str, images.JobFiles] = {}  # by VM name: what its disks open, for finish()
+        # Restoring needs zstd whatever this node's setting: the state may
+        # come from another node. Xen saves stay raw: not tried on a Xen host.
+        self.zstd = save_image.find_zstd()
+        wants = self.libvirt.compress_checkpoints and vm_type == "kvm"
+        self.compressor = self.zstd if wants else None
+        if wants and self.zstd is None:
+            log.get().warning("checkpoint_compression_off", detail="no zstd program on PATH or in /usr/bin")
 
     def __repr__(self) -> str:
         return f"LibvirtHypervisor({self.vm_type!r}, uri={self.uri!r})"
@@ -230,7 +237,7 @@ class LibvirtHypervisor(Hypervisor):
                             code=exc.get_error_code(), detail=failure.message)
             raise failure from exc
         log.get().info("domain_started", name=job.name, origin=origin, uri=self.uri)
-        return LibvirtDomain(job.name, self.connection, on_end=files.give_back)
+        return LibvirtDomain(job.name, self.connection, on_end=files.give_back, zstd=self.compressor)
 
     def _create_xml(self, xml: str, validate: bool) -> None:
         if validate and self._start_validate is not False:
@@ -247,26 +254,26 @@ class LibvirtHypervisor(Hypervisor):
 
     # -------------------------------------------------------------- restore
     def restore(self, job: VmJob, saved: SavedState) -> LibvirtDomain:
-        """Start ``job`` again from a save image; it comes back running."""
+        """Start ``job`` again from a save image (raw, or compressed by
+        :mod:`save_image`); it comes back running."""
         if self.lookup(job.name) is not None:  # as in create: not the saved state's fault
             raise HostError(f"a domain named {job.name} already exists on {self.uri}; it is left alone")
-        file = str(state.memory_file(job, saved))
-        dxml = self._moved_disks_xml(job, file)
+        path = state.memory_file(job, saved)
+        file = str(path)
         files = self._check_images(job)
         try:
-            try:
-                self.connection.call(lambda conn: conn.restoreFlags(file, dxml, 0))
-            except libvirt.libvirtError as exc:
-                if dxml is None or not is_unsupported(exc):
-                    raise
-                log.get().warning("restore_xml_refused", uri=self.uri, detail=error_message(exc))
-                self.connection.call(lambda conn: conn.restore(file))
-        except libvirt.libvirtError as exc:
+            with save_image.opened(path, self.zstd) as source:
+                dxml = self._moved_disks_xml(job, source.header)
+                self._restore_from(source, dxml, job.name, file)
+        except OSError as exc:  # the FIFO or the decompressor could not be set up here
             files.give_back()
-            raise restore_failure(exc, f"restore of {job.name} from {file}") from exc
+            raise HostError(f"restore of {job.name} from {file}: {exc}") from exc
+        except BaseException:
+            files.give_back()
+            raise
         if self.lookup(job.name) is None:
             raise HostError(f"restored {file}, but there is no domain named {job.name}")
-        domain = LibvirtDomain(job.name, self.connection, on_end=files.give_back)
+        domain = LibvirtDomain(job.name, self.connection, on_end=files.give_back, zstd=self.compressor)
         # An image saved while paused comes back paused on drivers that did
         # not take VIR_DOMAIN_SAVE_RUNNING at save time.
         if domain.info().state is DomainState.PAUSED:
@@ -274,8 +281,35 @@ class LibvirtHypervisor(Hypervisor):
         log.get().info("domain_restored", name=job.name, path=file, retargeted=dxml is not None)
         return domain
 
+    def _restore_from(self, source: save_image.Source, dxml: str | None, name: str, file: str) -> None:
+        """libvirt's restore from ``source``; a damaged compressed state is the
+        job's image, whether libvirt noticed or only the decompressor did."""
+        try:
+            try:
+                self.connection.call(lambda conn: conn.restoreFlags(source.path, dxml, 0))
+            except libvirt.libvirtError as exc:
+                if dxml is None or not is_unsupported(exc):
+                    raise
+                log.get().warning("restore_xml_refused", uri=self.uri, detail=error_message(exc))
+                self.connection.call(lambda conn: conn.restore(source.path))
+        except libvirt.libvirtError as exc:
+            damage = source.damage()
+            if damage:
+                raise JobImageError(f"checkpoint memory state {os.path.basename(file)} is damaged ({damage})") from exc
+            raise restore_failure(exc, f"restore of {name} from {file}") from exc
+        damage = source.damage()
+        if damage:
+            # Read to its end and only then found bad: a guest with that
+            # memory must not run on.
+            domain = self.lookup(name)
+            if domain is not None:
+                domain.destroy()
+            raise JobImageError(f"checkpoint memory state {os.path.basename(file)} is damaged ({damage})")
+
     def _moved_disks_xml(self, job: VmJob, file: str) -> str | None:
-        """The image's XML with the job's current disk paths, if any moved."""
+        """The image's XML with the job's current disk paths, if any moved.
+        ``file`` holds the image's header and XML (the image itself, or the
+        decompressed start of a compressed one)."""
         if not job.disks:
             return None
         try:
@@ -294,7 +328,7 @@ class LibvirtHypervisor(Hypervisor):
             if is_no_domain(exc):
                 return None
             raise hypervisor_error(exc, f"lookup of {name}") from exc
-        return LibvirtDomain(name, self.connection)
+        return LibvirtDomain(name, self.connection, zstd=self.compressor)
 
     def close(self) -> None:
         self.connection.close()

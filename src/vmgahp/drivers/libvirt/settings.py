@@ -21,6 +21,7 @@ class LibvirtSettings:
     xen_bootloader: str = ""
     xen_allow_hardware_vt_suspend: bool = False
     snapshot_disk_default: bool = False
+    compress_checkpoints: bool = True  # off for a pool whose other nodes run the C++ gahp
 
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, str], vm_type: str) -> tuple[LibvirtSettings, list[str]]:
@@ -42,5 +43,6 @@ class LibvirtSettings:
             xen_bootloader=read.unquoted("XEN_BOOTLOADER"),
             xen_allow_hardware_vt_suspend=read.boolean("XEN_ALLOW_HARDWARE_VT_SUSPEND"),
             snapshot_disk_default=read.boolean("VM_SNAPSHOT_DISK"),
+            compress_checkpoints=read.boolean("VM_CHECKPOINT_COMPRESSION", True),
         )
         return settings, read.warnings
