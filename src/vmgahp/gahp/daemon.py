@@ -130,15 +130,16 @@ class Daemon:
         for signum in _EXIT_SIGNALS:
             signal.signal(signum, _ignore)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # DaemonCore reconfig: nothing to re-read
-        selector = selectors.DefaultSelector()
-        selector.register(self.in_fd, selectors.EVENT_READ, "stdin")
-        selector.register(wake_read, selectors.EVENT_READ, "signal")
+        selector: selectors.BaseSelector | None = None
         try:
+            selector = _selector_for(self.in_fd)
+            selector.register(wake_read, selectors.EVENT_READ, "signal")
             return self._loop(selector, wake_read)
         finally:
             self.runtime.close()  # idempotent: QUIT may have closed it already
             signal.set_wakeup_fd(old_wakeup)
-            selector.close()
+            if selector is not None:
+                selector.close()
             os.close(wake_read)
             os.close(wake_write)
 
@@ -180,6 +181,19 @@ class Daemon:
                         return 0
         log.get().info("stdout_closed", detail="the starter went away, exiting")
         return 0
+
+
+def _selector_for(fd: int) -> selectors.BaseSelector:
+    """A selector watching ``fd``: epoll refuses regular files and /dev/null
+    (a hand-run gahp's stdin), select() takes any fd and finds it readable."""
+    selector: selectors.BaseSelector = selectors.DefaultSelector()
+    try:
+        selector.register(fd, selectors.EVENT_READ, "stdin")
+    except PermissionError:
+        selector.close()
+        selector = selectors.SelectSelector()
+        selector.register(fd, selectors.EVENT_READ, "stdin")
+    return selector
 
 
 def _ignore(_signum: int, _frame: object) -> None:
