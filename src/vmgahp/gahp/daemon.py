@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from vmgahp.vm.runtime import Runtime
 
 READ_SIZE = 65536
+SWITCH_INTERVAL = 0.0002  # seconds (sys.setswitchinterval)
 _EXIT_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
 
 
@@ -124,6 +126,11 @@ class Daemon:
         exception nobody expected - every VM this gahp started is destroyed
         before ``serve`` returns or raises (the ``finally``)."""
         assert self.runtime is not None
+        # A reply waits for the interpreter while a worker thread holds it, up
+        # to the switch interval (5 ms by default): the command loop wants it
+        # back within a fraction of a STATUS round trip. Workers mostly wait
+        # in hypervisor calls, which release it anyway.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         old_wakeup = signal.set_wakeup_fd(wake_write)
