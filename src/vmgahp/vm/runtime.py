@@ -175,9 +175,9 @@ class Runtime:
 
         def warm() -> None:
             try:
-                import classad2  # noqa: F401
+                from vmgahp.job import ad_reader, model  # noqa: F401
 
-                from vmgahp.job import jobad, model  # noqa: F401
+                ad_reader.prepare()  # its interpreter and classad2 load while the ad arrives
                 from vmgahp.vm import cdrom  # noqa: F401
 
                 self._get_hypervisor().network_plan()
