@@ -11,10 +11,14 @@ vmware knobs for that simulator, ``rig.ad(**attrs)`` is the job ad.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
+from conftest import datastore_dir
 from gahp_process import GAHP_ARGV, GahpProcess, gahp_env
 
 VM_NAME = "alice_example.org_42.0"
@@ -91,4 +95,42 @@ def all_output(gahp: GahpProcess, rig: Rig) -> str:
     return text
 
 
-__all__ = ["BASE", "FLAT", "POOL", "Rig", "VM_NAME", "VMX", "all_output", "os", "sys"]
+def job_folders(where) -> list[Path]:
+    return sorted(datastore_dir(where).glob(f"vmgahp-{VM_NAME}-*"))
+
+
+def find_vm(client, where, name=VM_NAME):
+    from vmgahp.drivers.vmware.vsphere import Vm
+
+    [folder] = job_folders(where)
+    vm = client.find_vm(where, f"{folder.name}/job.vmx")
+    assert vm is not None and vm.name == name
+    return Vm(vm.obj, vm.name, vm.vmx), folder
+
+
+@pytest.fixture
+def client(vcsim, connect):
+    vs = connect(vcsim)
+    return vs, vs.placement(pool=POOL)
+
+
+@pytest.fixture
+def scratch():
+    """A root the job user (uid 1000) can reach: pytest's tmp_path is private to root."""
+    path = Path(tempfile.mkdtemp(prefix="vmgahp-vmware-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def rig(vcsim, scratch, client):
+    _, where = client
+    assert not job_folders(where), "a job folder of an earlier test was left on the datastore"
+    rig = Rig(vcsim, scratch)
+    yield rig
+    leftovers = job_folders(where)
+    for folder in leftovers:  # so the next test starts clean even if this one failed
+        client[0].delete(where, folder.name)
+    assert not leftovers, f"left on the datastore: {leftovers}"
+
+

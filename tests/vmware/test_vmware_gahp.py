@@ -10,13 +10,10 @@ and registering reads no VMX, so what is asserted is what vmgahp sent and did.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import POOL, datastore_dir
-from gahp_rig import BASE, FLAT, VM_NAME, VMX, Rig
+from gahp_rig import BASE, FLAT, VM_NAME, VMX, Rig, client, find_vm, job_folders, rig, scratch  # noqa: F401
 
 from vmgahp.drivers.vmware.specs import split_ds_path
 
@@ -28,45 +25,6 @@ vmgahp.site = "test-site"
 SET.guest.ipAddress = "10.1.2.3"
 ### End local parameters ###
 """
-
-
-def job_folders(where) -> list[Path]:
-    return sorted(datastore_dir(where).glob(f"vmgahp-{VM_NAME}-*"))
-
-
-def find_vm(client, where, name=VM_NAME):
-    from vmgahp.drivers.vmware.vsphere import Vm
-
-    [folder] = job_folders(where)
-    vm = client.find_vm(where, f"{folder.name}/job.vmx")
-    assert vm is not None and vm.name == name
-    return Vm(vm.obj, vm.name, vm.vmx), folder
-
-
-@pytest.fixture
-def client(vcsim, connect):
-    vs = connect(vcsim)
-    return vs, vs.placement(pool=POOL)
-
-
-@pytest.fixture
-def scratch():
-    """A root the job user (uid 1000) can reach: pytest's tmp_path is private to root."""
-    path = Path(tempfile.mkdtemp(prefix="vmgahp-vmware-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def rig(vcsim, scratch, client):
-    _, where = client
-    assert not job_folders(where), "a job folder of an earlier test was left on the datastore"
-    rig = Rig(vcsim, scratch)
-    yield rig
-    leftovers = job_folders(where)
-    for folder in leftovers:  # so the next test starts clean even if this one failed
-        client[0].delete(where, folder.name)
-    assert not leftovers, f"left on the datastore: {leftovers}"
 
 
 def test_lifecycle_settings_and_cleanup(rig, client, tmp_path):
