@@ -113,7 +113,8 @@ def read_job(ad: JobAd, job: VmJob, user: JobUser | None) -> VmJob:
             disks.append(Disk(path=path, device=f"disk{len(disks)}", permission="w", format="vmdk",
                               transferred=transferred))
     for entry in sorted(os.listdir(working_dir)):
-        if entry.lower().endswith(SIDE_SUFFIXES) and entry != vmx_name:
+        # Not vmgahp's own files (a checkpoint's state files are vmgahp-vmware.*).
+        if entry.lower().endswith(SIDE_SUFFIXES) and entry != vmx_name and not entry.startswith("vmgahp-"):
             uploads.append(os.path.join(working_dir, entry))
     extras = VMwareJob(vmx=vmx, transfer=transfer, snapshot_disk=snapshot, vmware_dir=vmware_dir,
                        uploads=tuple(dict.fromkeys(uploads)),
