@@ -174,3 +174,29 @@ def test_session_expiry_logs_in_again(vcsim_idle, scratch, connect):
         assert not job_folders(vs.placement(pool="DC0_H0/Resources"))
     finally:
         gahp.kill()
+
+
+def test_kill_mode_removes_a_vm_its_gahp_left(rig, client):
+    """The gahp dies without cleaning up; the startd's kill mode powers the VM off,
+    unregisters it and deletes vmgahp's folder."""
+    import signal
+    import subprocess
+
+    from gahp_process import GAHP_ARGV, gahp_env
+
+    vs, where = client
+    gahp = rig.gahp()
+    try:
+        gahp.send_ad(rig.ad())
+        assert gahp.call("CONDOR_VM_START", "vmware") == (True, "1")
+        gahp.signal(signal.SIGKILL)
+        gahp.wait(10)
+    finally:
+        gahp.kill()
+    vm, folder = find_vm(vs, where)
+    assert vs.power_state(vm) == "poweredOn"
+    done = subprocess.run([*GAHP_ARGV, "-f", "-M", "4", "vmtype", "vmware", "match", VM_NAME],
+                          env=gahp_env(rig.work, **rig.knobs()), cwd=rig.work, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert vs.find_vm(where, f"{folder.name}/job.vmx") is None and not job_folders(where)
