@@ -187,3 +187,23 @@ def test_guest_power_off_brings_the_output_back(rig, client):
         assert split_ds_path(vm.vmx)[1].startswith(folder.name)
     finally:
         gahp.kill()
+
+
+def test_a_vm_of_that_name_is_left_alone(rig, client, scratch):
+    """Two schedds can hand one name to two slots: the second START fails as the host's fault."""
+    vs, where = client
+    first = rig.gahp()
+    other = Rig(rig.sim, scratch, name="other")
+    second = other.gahp()
+    try:
+        first.send_ad(rig.ad())
+        assert first.call("CONDOR_VM_START", "vmware") == (True, "1")
+        vm, folder = find_vm(vs, where)
+        second.send_ad(other.ad(VM_WORKING_DIR=f'"{other.work}"'))
+        assert second.call("CONDOR_VM_START", "vmware") == (False, "VMGAHP_ERR_INTERNAL")
+        assert "already registered" in other.log.read_text()
+        assert vs.power_state(vm) == "poweredOn" and job_folders(where) == [folder]
+        assert first.call("CONDOR_VM_STOP", "1")[0]
+    finally:
+        first.kill()
+        second.kill()

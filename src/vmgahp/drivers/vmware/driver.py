@@ -146,16 +146,14 @@ class VMwareHypervisor(Hypervisor):
                             "(another job's VM, or a leftover that the startd's kill mode removes)")
 
     def _registered(self, client: VSphere, where: Placement, name: str, deadline: Deadline) -> Vm | None:
-        from pyVmomi import vim
-
-        from vmgahp.drivers.vmware.placement import inventory
-
-        found = inventory(client.session, where.datacenter, [vim.VirtualMachine], ["name", "config.files.vmPathName"],
-                          deadline, f"find VM {name!r}")  # fmt: skip
-        for obj, props in found:
-            if props.get("name") == name:
-                return Vm(obj, name, str(props.get("config.files.vmPathName", "")))
-        return None
+        """The VM of that name in vmgahp's VM folder (names are unique within a folder):
+        one lookup, not a walk of the whole inventory."""
+        index = client.session.content.searchIndex
+        obj = client.session.invoke(f"find VM {name!r}", deadline, index.FindChild, where.folder, name)
+        if obj is None:
+            return None
+        path = client.session.props(obj, ["config.files.vmPathName"], deadline).get("config.files.vmPathName", "")
+        return Vm(obj, name, str(path))
 
     def _extra_config(self) -> dict[str, str]:
         try:
