@@ -68,6 +68,7 @@ class VMwareHypervisor(Hypervisor):
         self._where: Placement | None = None
         self._vms: dict[str, VMwareDomain] = {}
         self._absent: set[str] = set()  # networking types whose port group the server lacks
+        self._warmed = False  # network_plan has tried to connect
 
     def __repr__(self) -> str:
         return f"VMwareHypervisor({self.cfg.url!r})"
@@ -113,18 +114,32 @@ class VMwareHypervisor(Hypervisor):
         client, where = host.check(self.cfg)
         with self._lock:
             self._client, self._where = client, where
+        self._warmed = True
+        self._check_portgroups(client, where)
+
+    def _check_portgroups(self, client: VSphere, where: Placement) -> None:
+        from vmgahp.drivers.vmware.placement import find_network
+
         for net_type, portgroup in (("nat", self.cfg.nat_portgroup), ("bridge", self.cfg.bridge_portgroup)):
             if not portgroup:
                 continue
             try:
-                from vmgahp.drivers.vmware.placement import find_network
-
                 find_network(client.session, where, portgroup, Deadline(host.CHECK_SECONDS))
             except VSphereError as exc:
                 self._absent.add(net_type)
                 log.get().warning("portgroup_unavailable", type=net_type, portgroup=portgroup, detail=str(exc))
 
     def network_plan(self) -> NetworkPlan:
+        """The networking types with a port group. The first call also logs in
+        (the runtime calls it while the starter sends the job ad, so that START
+        does not pay for pyVmomi's import and the login); a failure is left
+        for START to report."""
+        if not self._warmed:
+            self._warmed = True
+            try:
+                self._check_portgroups(*self.connection())
+            except HypervisorError as exc:
+                log.get().info("vsphere_not_ready", detail=exc.message)
         bridge = self.cfg.bridge_portgroup
         settings = dataclasses.replace(self.settings, bridge_interface=bridge) if bridge else self.settings
 
