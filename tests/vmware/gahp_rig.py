@@ -10,10 +10,8 @@ vmware knobs for that simulator, ``rig.ad(**attrs)`` is the job ad.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 

@@ -10,7 +10,6 @@ and registering reads no VMX, so what is asserted is what vmgahp sent and did.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from gahp_rig import BASE, FLAT, VM_NAME, VMX, Rig, client, find_vm, job_folders, rig, scratch  # noqa: F401

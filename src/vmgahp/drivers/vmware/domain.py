@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from vmgahp import log
-from vmgahp.drivers.base import Domain, DomainInfo, DomainState, HostError, SavedState
+from vmgahp.drivers.base import Domain, DomainInfo, DomainState, HostError, HypervisorError, SavedState
 from vmgahp.drivers.vmware import checkpoint
 from vmgahp.drivers.vmware.errors import InvalidState, NotFound, VSphereError
 from vmgahp.drivers.vmware.specs import split_ds_path
@@ -146,7 +146,10 @@ class VMwareDomain(Domain):
                 path.unlink(missing_ok=True)
             raise self.hv.failure(exc, f"save of {self.name}") from None
         log.get().info("vsphere_saved", name=self.name, files=names)
-        self.end(output=False)
+        try:
+            self.end(output=False)
+        except HypervisorError as exc:  # the state is safe here; what is left there is only a leftover
+            log.get().warning("vsphere_cleanup_incomplete", name=self.name, folder=self.folder, detail=exc.message)
         local = tuple(f"{STATE_PREFIX}{n}" for n in names)
         record = {"folder": self.folder, "vmx": vmx, "names": {f"{STATE_PREFIX}{n}": n for n in names},
                   "snapshot": bool(self.job.snapshot_disk) if self.job else True}

@@ -9,7 +9,9 @@ manual MAC), CD-ROM and ``extraConfig`` - plus a child disk over each base
 disk when snapshotting - and powers it on. A restore uploads the base files
 and the saved state into a folder, registers and powers on: the VM resumes
 from its ``.vmss``. pyVmomi is imported by the vSphere layer's functions only,
-so importing this module is cheap too. Every vSphere call runs under one
+so importing this module is cheap too: pyVmomi loads with the first login, when
+the first job ad arrives (``network_plan``, the runtime's warm-up) or at the
+probe. Every vSphere call runs under one
 deadline per operation (``VMWARE_CALL_TIMEOUT``, within the gahp's own).
 """
 
@@ -19,11 +21,10 @@ import dataclasses
 import secrets
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vmgahp import log
-from vmgahp.drivers.base import (Capability, HostCheckError, HostError, Hypervisor, HypervisorError,
-                                 JobImageError, SavedState)
+from vmgahp.drivers.base import Capability, HostError, Hypervisor, HypervisorError, JobImageError, SavedState
 from vmgahp.drivers.vmware import host, job_ad
 from vmgahp.drivers.vmware.domain import CLEANUP_SECONDS, VMwareDomain
 from vmgahp.drivers.vmware.errors import AlreadyExists, VSphereError
@@ -318,16 +319,15 @@ class VMwareHypervisor(Hypervisor):
             if vm is None:
                 return False
             folder = vm.folder.split("] ", 1)[-1]
-            owned = folder.startswith(FOLDER_PREFIX) and "/" not in folder
-            VMwareDomain(self, None, vm, folder).end(output=False) if owned else self._unregister(client, vm, deadline)
+            if folder.startswith(FOLDER_PREFIX) and "/" not in folder:
+                VMwareDomain(self, None, vm, folder).end(output=False)
+            else:  # not a folder vmgahp made: its files are not ours to delete
+                if client.power_state(vm, deadline) != POWERED_OFF:
+                    client.power_off(vm, deadline)
+                client.unregister(vm, deadline)
         except VSphereError as exc:
             raise self.failure(exc, f"kill of {name}") from None
         return True
-
-    def _unregister(self, client: VSphere, vm: Vm, deadline: Deadline) -> Any:
-        if client.power_state(vm, deadline) != POWERED_OFF:
-            client.power_off(vm, deadline)
-        client.unregister(vm, deadline)
 
 
 def _unstaged(local: str, names: dict[str, str]) -> str:
@@ -338,4 +338,4 @@ def _unstaged(local: str, names: dict[str, str]) -> str:
     return local
 
 
-__all__ = ["HostCheckError", "VMwareDomain", "VMwareHypervisor"]
+__all__ = ["VMwareDomain", "VMwareHypervisor"]
