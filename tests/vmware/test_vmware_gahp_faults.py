@@ -200,3 +200,10 @@ def test_kill_mode_removes_a_vm_its_gahp_left(rig, client):
                           timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert vs.find_vm(where, f"{folder.name}/job.vmx") is None and not job_folders(where)
+
+
+def test_probe_names_the_pools_when_none_is_configured(rig):
+    """Unset placement knobs mean "the only one there is": the vCenter model has two pools."""
+    done, took = timed_probe(rig, VMWARE_RESOURCE_POOL="")
+    assert done.returncode == 1 and done.stdout == "" and took < PROBE_BUDGET
+    assert "has 2 resource pools (DC0_C0/Resources, DC0_H0/Resources): name one" in rig.log.read_text()
