@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import datastore_dir
+from vsphere_rig import datastore_dir
 from gahp_process import GAHP_ARGV, GahpProcess, gahp_env
 
 VM_NAME = "alice_example.org_42.0"

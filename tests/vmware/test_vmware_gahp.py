@@ -9,6 +9,7 @@ and registering reads no VMX, so what is asserted is what vmgahp sent and did.
 
 from __future__ import annotations
 
+import re
 import json
 
 import pytest
@@ -24,6 +25,8 @@ vmgahp.site = "test-site"
 SET.guest.ipAddress = "10.1.2.3"
 ### End local parameters ###
 """
+
+RUNNING = re.compile(r"(MAC=\S+ )?(IP=\S+ )?STATUS=Running( |$)")
 
 
 def test_lifecycle_settings_and_cleanup(rig, client, tmp_path):
@@ -53,7 +56,9 @@ def test_lifecycle_settings_and_cleanup(rig, client, tmp_path):
         assert (folder / "vmgahp-cdrom.iso").read_bytes() == (rig.work / "vmgahp-cdrom.iso").read_bytes()
 
         ok, text = gahp.call("CONDOR_VM_STATUS", "1")
-        assert ok and text.startswith("STATUS=Running CPUUTILIZATION=") and "MAXMEMORY=262144" in text, text
+        # MAC= and IP= first, as the VMware gahp wrote them (spec 3.12); the starter reads both.
+        assert ok and text.startswith("MAC=00:50:56:01:02:03 IP=10.1.2.3 STATUS=Running CPUUTILIZATION="), text
+        assert "MAXMEMORY=262144" in text, text
         assert gahp.call("CONDOR_VM_GETPID", "1") == (True, "0")
 
         # SOFT_SUSPEND: vSphere has no pause; it is a suspend to the datastore, saved here.
@@ -70,7 +75,7 @@ def test_lifecycle_settings_and_cleanup(rig, client, tmp_path):
         assert gahp.call("CONDOR_VM_STATUS", "1") == (True, "STATUS=Suspended")
         assert gahp.call("CONDOR_VM_RESUME", "1")[0]
         ok, text = gahp.call("CONDOR_VM_STATUS", "1")
-        assert ok and text.startswith("STATUS=Running"), text
+        assert ok and RUNNING.match(text), text
 
         ok, text = gahp.call("CONDOR_VM_STOP", "1")
         assert ok, text
@@ -130,7 +135,7 @@ def test_checkpoint_downloads_and_restores_in_a_new_dir(rig, client, scratch):
         vm = vs.find_vm(where, f"{folder.name}/job.vmx")
         assert vm is not None and vs.power_state(vm) == "poweredOn"
         ok, text = gahp.call("CONDOR_VM_STATUS", "1")
-        assert ok and text.startswith("STATUS=Running"), text
+        assert ok and RUNNING.match(text), text
         assert gahp.call("CONDOR_VM_STOP", "1")[0]
         assert not job_folders(where)
         assert gahp.reply("QUIT") == "S"

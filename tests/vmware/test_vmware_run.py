@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gahp_rig import POOL, client, scratch  # noqa: F401
 
-from conftest import datastore_dir
+from vsphere_rig import datastore_dir
 
 pytestmark = pytest.mark.vcsim
 

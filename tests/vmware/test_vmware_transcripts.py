@@ -14,7 +14,7 @@ import pytest
 from gahp_rig import POOL, client, scratch  # noqa: F401
 
 import transcript_runner as tr
-from conftest import datastore_dir
+from vsphere_rig import datastore_dir
 
 pytestmark = pytest.mark.vcsim
 
