@@ -32,6 +32,7 @@ sys.path.insert(0, str(TOP / "tests"))
 
 from gahp_process import gahp_env  # noqa: E402 - the tests' daemon environment
 from vmgahp.protocol.client import NEED_DATA, GahpClient, Notification  # noqa: E402
+
 PYTHON = TOP / ".venv" / "bin" / "python"
 VMGAHP = TOP / ".venv" / "bin" / "vmgahp"
 

@@ -85,8 +85,8 @@ def settle() -> None:
 def bench_raw(memory: int) -> tuple[float, float]:
     import libvirt
 
-    from vmgahp.gahp.config import Settings
     from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
+    from vmgahp.gahp.config import Settings
     from vmgahp.job.model import Disk, VmJob
 
     work = scratch(memory)

@@ -206,7 +206,9 @@ def test_hung_libvirt_fails_the_request_and_orphans_nothing(
 
 
 @pytest.mark.libvirtd
-def test_an_image_qemu_cannot_open_holds_the_job_and_leaves_no_domain(work: Path, gahps: list, libvirt_uri: str) -> None:
+def test_an_image_qemu_cannot_open_holds_the_job_and_leaves_no_domain(
+    work: Path, gahps: list, libvirt_uri: str
+) -> None:
     """A disk declared qcow2 that is not one: BAD_IMAGE (a hold), a log line, no domain left."""
     gahp = GahpProcess(work, VM_KVM_LIBVIRT_URI=libvirt_uri, VM_KVM_DOMAIN_TYPE="qemu")
     gahps.append(gahp)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from vmgahp import errors
-from vmgahp.job.access import JobUser, can_access, job_user_from_env
-from vmgahp.gahp.config import Settings
-from vmgahp.errors import GahpError
 from helpers import settings
+from vmgahp import errors
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
-from vmgahp.job.model import MIN_MEMORY_MIB, VmJob, build_job
+from vmgahp.errors import GahpError
+from vmgahp.gahp.config import Settings
+from vmgahp.job.access import JobUser, can_access, job_user_from_env
 from vmgahp.job.jobad import JobAd
+from vmgahp.job.model import MIN_MEMORY_MIB, VmJob, build_job
 from vmgahp.job.networking import NetworkPlan
 
 NO_NET = NetworkPlan((), "")
@@ -71,7 +71,8 @@ class TestJobAd:
         """An integer lookup of a real value truncates toward zero."""
         assert JobAd([f"X = {text}"]).get_int("X") == value
 
-    @pytest.mark.parametrize("text,value", [("1", True), ("0", False), ("0.0", False), ("2.5", True), ("-1", True), ("true", True), ("FALSE", False)])
+    @pytest.mark.parametrize("text,value", [("1", True), ("0", False), ("0.0", False), ("2.5", True), ("-1", True),
+                                            ("true", True), ("FALSE", False)])
     def test_booleans_from_numbers(self, text, value):
         """A boolean lookup accepts booleans and numbers (non-zero is true)."""
         assert JobAd([f"X = {text}"]).get_bool("X") is value
@@ -448,7 +449,8 @@ class TestKvmOrder:
 
     def test_hardware_vt_before_disk(self, workdir):
         """Hardware VT is checked before the disks."""
-        assert token_of(workdir, JobVMHardwareVT="true", VMPARAM_vm_Disk=None) == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
+        token = token_of(workdir, JobVMHardwareVT="true", VMPARAM_vm_Disk=None)
+        assert token == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
 
     def test_invalid_disk_before_checkpoint(self, workdir):
         """An invalid disk list is reported before a checkpoint mismatch."""
@@ -618,7 +620,8 @@ def make(path: Path, uid: int, gid: int, mode: int) -> str:
 class TestCanAccess:
     @pytest.mark.parametrize(
         "mode,read,write",
-        [(0o600, True, True), (0o400, True, False), (0o200, False, False), (0o000, False, False), (0o066, False, False)],
+        [(0o600, True, True), (0o400, True, False), (0o200, False, False), (0o000, False, False),
+         (0o066, False, False)],
     )
     def test_owner_bits(self, public_dir, mode, read, write):
         """For the file's owner only the owner bits count, even when group/other bits would allow."""
@@ -691,7 +694,8 @@ class TestCanAccess:
 
 
 class TestJobUserFromEnv:
-    @pytest.mark.parametrize("env", [{}, {"VMGAHP_USER_UID": ""}, {"VMGAHP_USER_UID": "abc"}, {"VMGAHP_USER_UID": "0"}, {"VMGAHP_USER_UID": "-5"}, {"VMGAHP_USER_UID": "  "}])
+    @pytest.mark.parametrize("env", [{}, {"VMGAHP_USER_UID": ""}, {"VMGAHP_USER_UID": "abc"}, {"VMGAHP_USER_UID": "0"},
+                                     {"VMGAHP_USER_UID": "-5"}, {"VMGAHP_USER_UID": "  "}])
     def test_not_set(self, env):
         """An unset, empty, non-numeric or non-positive VMGAHP_USER_UID counts as not set."""
         assert job_user_from_env(env) is None

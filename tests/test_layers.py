@@ -61,7 +61,8 @@ def _allowed(module: str, target: str) -> str | None:
     bottom = ("vmgahp.errors", "vmgahp.log", "vmgahp.settings", "vmgahp.condor_syntax")
     if module in bottom and not target.startswith(("vmgahp.protocol", *bottom)) and target != "vmgahp":
         return "the shared bottom imports only protocol/"
-    if module.startswith("vmgahp.job") and target.startswith(("vmgahp.drivers", "vmgahp.vm", "vmgahp.gahp", "vmgahp.run")):
+    if module.startswith("vmgahp.job") and target.startswith(
+            ("vmgahp.drivers", "vmgahp.vm", "vmgahp.gahp", "vmgahp.run")):
         return "job/ imports no driver, VM, gahp or run code"
     if module.startswith("vmgahp.drivers"):
         if target.startswith(("vmgahp.vm", "vmgahp.gahp", "vmgahp.run")):

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import libvirt
 import pytest
 
-from vmgahp import errors
 from helpers import TEST_URI, on_test_hypervisor
+from vmgahp import errors
 from vmgahp.drivers.base import DomainState, HostCheckError, HostError, HypervisorError, JobImageError, SavedState
 from vmgahp.drivers.libvirt import driver as driver_module
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
@@ -322,7 +322,8 @@ QEMU_DIED = "internal error: qemu unexpectedly closed the monitor: "
          "builtin", "INTERNAL"),
         (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_FROM_QEMU, "unsupported configuration: Domain requires KVM",
          "raw", "builtin", "INTERNAL"),
-        (libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, "operation failed: ...", "raw", "builtin", "INTERNAL"),
+        (libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, "operation failed: ...", "raw", "builtin",
+         "INTERNAL"),
         (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_FROM_REMOTE, "no connection driver", "raw", "builtin", "INTERNAL"),
         # The description: the job's values made the built-in XML invalid; a script's XML is the admin's.
         (libvirt.VIR_ERR_XML_INVALID_SCHEMA, libvirt.VIR_FROM_XML, "XML document failed to validate", "raw", "builtin",

@@ -27,10 +27,10 @@ import pytest
 
 from gahp_process import GahpProcess, job_ad
 from vmgahp import errors
-from vmgahp.vm import cdrom as media
 from vmgahp.drivers.libvirt.domain_xml import build_domain_xml
 from vmgahp.errors import GahpError
 from vmgahp.job.model import Disk, VmJob
+from vmgahp.vm import cdrom as media
 from vmgahp.vm.cdrom import ISO_NAME, VOLUME_ID, attach_cdrom
 
 UID = GID = 1000  # the job user

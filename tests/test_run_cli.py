@@ -21,9 +21,9 @@ from typing import Iterator
 
 import pytest
 
+from vmgahp.protocol.client import argv_words as split_words  # the starter's read_argv
 from vmgahp.run import scratch
 from vmgahp.run.cli import run_main
-from vmgahp.protocol.client import argv_words as split_words  # the starter's read_argv
 from vmgahp.run.starter import explain_start_failure
 
 TOP = Path(__file__).resolve().parents[1]

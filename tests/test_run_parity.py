@@ -19,8 +19,8 @@ from pathlib import Path
 
 import classad2
 import pytest
-from fixtures.condor_submit_vm import CASES, EXAMPLES, LEGACY_CASES, READ_EXACTLY, SCOPE
 
+from fixtures.condor_submit_vm import CASES, EXAMPLES, LEGACY_CASES, READ_EXACTLY, SCOPE
 from vmgahp.job.jobad import JobAd
 from vmgahp.run import cli
 from vmgahp.run.submit import LEGACY, Identity, Job, SubmitError, build, load

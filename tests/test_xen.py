@@ -37,18 +37,18 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from vmgahp import errors
-from vmgahp.job.access import JobUser
 from helpers import settings
-from vmgahp.settings import Settings
+from vmgahp import errors
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.errors import GahpError
-from vmgahp.job.model import VmJob, build_job
+from vmgahp.job.access import JobUser
 from vmgahp.job.jobad import JobAd
-from vmgahp.vm.cdrom import attach_cdrom
+from vmgahp.job.model import VmJob, build_job
 from vmgahp.job.networking import NetworkPlan, plan_networking
+from vmgahp.settings import Settings
+from vmgahp.vm.cdrom import attach_cdrom
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden" / "xen"

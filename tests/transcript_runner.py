@@ -109,7 +109,7 @@ from pathlib import Path
 from typing import Callable
 
 from vmgahp.protocol.client import BATCH, classify
-from vmgahp.protocol.wire import split_words as gahp_split  # the gahp's own splitter (spec 2.2)
+from vmgahp.protocol.wire import split_words as gahp_split  # noqa: F401 - tests read the gahp's own splitter (spec 2.2) as tr.gahp_split
 
 SCRATCH_PLACEHOLDER = "/var/lib/condor/execute/dir_4242"
 UID_PLACEHOLDER = "<condor uid>"
@@ -628,7 +628,7 @@ class Daemon:
             self.proc.stdin.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, ValueError) as exc:
-            raise StepFailure(f"cannot write to the daemon's stdin ({exc.__class__.__name__})")
+            raise StepFailure(f"cannot write to the daemon's stdin ({exc.__class__.__name__})") from exc
 
     def close_stdin(self) -> None:
         try:

@@ -42,8 +42,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmgahp.drivers.base import (Capability, Domain, DomainInfo, DomainState, HostError, Hypervisor,
-                                 HypervisorError, JobImageError, SavedState)
+from vmgahp.drivers.base import (
+    Capability,
+    Domain,
+    DomainInfo,
+    DomainState,
+    HostError,
+    Hypervisor,
+    HypervisorError,
+    JobImageError,
+    SavedState,
+)
 from vmgahp.drivers.fake_faults import Call, Faults, Gate
 from vmgahp.errors import GahpError
 from vmgahp.job.networking import NetworkPlan, plan_networking

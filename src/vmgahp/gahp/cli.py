@@ -107,9 +107,9 @@ def _probe(invocation: Invocation) -> int:
 
 
 def _kill(invocation: Invocation) -> int:
-    from vmgahp.vm.deadline import call_with_deadline
     from vmgahp.drivers.registry import load_hypervisor
     from vmgahp.gahp.startup import PendingPreflight, StartupError
+    from vmgahp.vm.deadline import call_with_deadline
 
     _check_vm_type(invocation.vm_type)
     # The host check runs in every mode, before the mode's action (spec 1.7).
@@ -141,9 +141,9 @@ def _serve(invocation: Invocation, user: object) -> int:
     pending = PendingPreflight(vm_type, SERVER_CHECK_DEADLINE, invocation.terminal_log)
     # Check the type and import the daemon while the child reads the configuration.
     _check_vm_type(vm_type)
+    from vmgahp.drivers.registry import available_types, load_hypervisor
     from vmgahp.gahp import config  # noqa: F401 - pending.settings() needs it; load it now
     from vmgahp.gahp.daemon import Daemon, warm_up
-    from vmgahp.drivers.registry import available_types, load_hypervisor
     from vmgahp.protocol.session import GahpSession
 
     settings = pending.settings()

@@ -17,14 +17,13 @@ text; the parent turns the knobs into :class:`~vmgahp.gahp.config.Settings`.
 
 from __future__ import annotations
 
-from vmgahp.errors import VmgahpError
-
 import os
 import select
 import signal
 import time
 
 from vmgahp import log
+from vmgahp.errors import VmgahpError
 
 
 class StartupError(VmgahpError):

@@ -25,7 +25,24 @@ from pathlib import Path
 
 from vmgahp.run import submit_legacy as legacy
 from vmgahp.run.submit_file import Custom, SubmitDescription, SubmitError, load, scan
-from vmgahp.run.submit_known import KNOWN, NO_STD_FILES, VM_TYPES, VM_UNIVERSE, XEN_KERNEL_KEYWORDS, Command, check_vm_type, cross_rules, file_transfer, parse_bool, parse_mib, quote, request_resources, strip_outer_quotes, split_list, untransferred_files
+from vmgahp.run.submit_known import (
+    KNOWN,
+    NO_STD_FILES,
+    VM_TYPES,
+    VM_UNIVERSE,
+    XEN_KERNEL_KEYWORDS,
+    Command,
+    check_vm_type,
+    cross_rules,
+    file_transfer,
+    parse_bool,
+    parse_mib,
+    quote,
+    request_resources,
+    split_list,
+    strip_outer_quotes,
+    untransferred_files,
+)
 from vmgahp.run.submit_legacy import LEGACY, PoolHint
 
 __all__ = [
@@ -206,7 +223,8 @@ def _known_commands(ctx: Context) -> None:
             continue
         if cmd.attr == "VMPARAM_vm_Disk" and d.get(legacy.XEN_DISK) is not None:
             if ctx.vm_type != "xen":
-                ctx.warnings.append(d.warning(legacy.XEN_DISK, f"{legacy.XEN_DISK} is ignored for vm_type = {ctx.vm_type}"))
+                ctx.warnings.append(d.warning(legacy.XEN_DISK,
+                                              f"{legacy.XEN_DISK} is ignored for vm_type = {ctx.vm_type}"))
             elif key is not None:
                 ctx.warnings.append(d.warning(legacy.XEN_DISK, f"{legacy.XEN_DISK} is ignored: vm_disk is set"))
             else:  # the old Xen spelling stands in; its hint is vm_disk itself

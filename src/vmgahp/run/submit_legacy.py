@@ -95,7 +95,8 @@ def _cdrom_files(ctx: Context, entry: Legacy, key: str, value: str) -> Effect:
     d = ctx.description
     files = _items(value)
     if any(name.lower().endswith(".iso") for name in files) and len(files) > 1:  # 7543-7550
-        raise d.error(key, f"{key}: give either one .iso file or any number of plain files, not an .iso with other files")
+        raise d.error(key, f"{key}: give either one .iso file or any number of plain files,"
+                           " not an .iso with other files")
     should = d.get("vm_should_transfer_cdrom_files")
     transfer = None if should is None else parse_bool(should)
     if should is not None and transfer is None:

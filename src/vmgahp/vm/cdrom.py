@@ -38,7 +38,6 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -46,10 +45,10 @@ from vmgahp import log
 from vmgahp.errors import GahpError
 from vmgahp.job.access import JobUser, ancestors_searchable, can_access, permits
 from vmgahp.job.model import CDROM_IMAGE as ISO_NAME
-from vmgahp.job.workdir import fsync_dir
-from vmgahp.vm.iso_names import assign_names, rr_name
 from vmgahp.job.model import Disk
+from vmgahp.job.workdir import fsync_dir
 from vmgahp.protocol import tokens
+from vmgahp.vm.iso_names import assign_names, rr_name
 
 if TYPE_CHECKING:
     from vmgahp.job.model import VmJob

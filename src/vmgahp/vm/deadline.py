@@ -9,11 +9,11 @@ after its START was given up is destroyed instead of orphaned.
 
 from __future__ import annotations
 
-from vmgahp.errors import VmgahpError
-
 import contextvars
 import threading
 from typing import Any, Callable, Generic, TypeVar
+
+from vmgahp.errors import VmgahpError
 
 T = TypeVar("T")
 LateHandler = Callable[[Any, BaseException | None], None]

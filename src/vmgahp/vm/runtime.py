@@ -146,7 +146,8 @@ class Runtime:
         timeout = accepted + self.settings.call_timeout - time.monotonic()
         if timeout <= 0:
             logger.error("request_timed_out", token=tokens.INTERNAL,
-                         detail=f"waited {self.settings.call_timeout:g} s for a worker (the hypervisor is slow or hung)")
+                         detail=f"waited {self.settings.call_timeout:g} s for a worker"
+                                " (the hypervisor is slow or hung)")
             return False, tokens.INTERNAL
         is_start = request.command == "CONDOR_VM_START"
         try:
