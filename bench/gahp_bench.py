@@ -31,7 +31,7 @@ TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests"))
 
 from gahp_process import gahp_env  # noqa: E402 - the tests' daemon environment
-from vmgahp.protocol.client import NEED_DATA, GahpClient, Notification  # noqa: E402
+from vmgahp.protocol.client import NEED_DATA, GahpClient, Notification  # noqa: E402 - after the sys.path set-up
 
 PYTHON = TOP / ".venv" / "bin" / "python"
 VMGAHP = TOP / ".venv" / "bin" / "vmgahp"

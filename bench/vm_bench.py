@@ -30,8 +30,8 @@ from pathlib import Path
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests"))
 
-from gahp_process import GahpProcess, job_ad  # noqa: E402
-from vmgahp.protocol.client import Notification  # noqa: E402
+from gahp_process import GahpProcess, job_ad  # noqa: E402 - after the sys.path set-up
+from vmgahp.protocol.client import Notification  # noqa: E402 - after the sys.path set-up
 
 URI = "qemu:///system"
 SOCKET = "/run/libvirt/libvirt-sock"

@@ -1,6 +1,6 @@
 """Shared pytest setup: the libvirtd session fixture (tests/libvirtd_fixture.py), the tiny
 guest (tests/guest_fixture.py) and a private libvirtd for fault tests (tests/private_libvirtd.py)."""
 
-from guest_fixture import *  # noqa: F401,F403
-from libvirtd_fixture import *  # noqa: F401,F403
-from private_libvirtd import *  # noqa: F401,F403
+from guest_fixture import *  # noqa: F401,F403 - its fixtures, for pytest
+from libvirtd_fixture import *  # noqa: F401,F403 - its fixtures, for pytest
+from private_libvirtd import *  # noqa: F401,F403 - its fixtures, for pytest

@@ -222,7 +222,7 @@ def test_modes_symlinks_and_volume(scratch: Path, src: dict[str, bytes]) -> None
     iso = pycdlib.PyCdlib()
     iso.open(str(work / ISO_NAME))
     try:
-        mode = lambda p: iso.get_record(rr_path=p).rock_ridge.get_file_mode()  # noqa: E731
+        mode = lambda p: iso.get_record(rr_path=p).rock_ridge.get_file_mode()  # noqa: E731 - a one-line helper
         assert stat.S_IMODE(mode("/job.sh")) == 0o555
         assert stat.S_IMODE(mode("/input.txt")) == 0o444
         assert stat.S_IMODE(mode("/Sub-Dir")) == 0o555

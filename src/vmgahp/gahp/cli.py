@@ -13,6 +13,12 @@ import sys
 from vmgahp import __version__, log
 from vmgahp.gahp.argv import KILL, STANDALONE, TEST, USAGE, Invocation, UsageError, parse_argv
 
+TYPE_CHECKING = False  # not typing's: this module is on the banner path
+if TYPE_CHECKING:
+    from vmgahp.job.access import JobUser
+    from vmgahp.protocol.session import Request
+    from vmgahp.vm.runtime import Runtime
+
 # One version on the wire: the VM GAHP protocol vmgahp speaks, in the banner,
 # the VERSION reply and the probe's VM_GAHP_VERSION alike (the startd
 # publishes the latter). vmgahp's own release is the banner's name field.
@@ -124,7 +130,7 @@ def _kill(invocation: Invocation) -> int:
     return 0
 
 
-def _serve(invocation: Invocation, user: object) -> int:
+def _serve(invocation: Invocation, user: JobUser | None) -> int:
     from vmgahp.gahp.startup import PendingPreflight, StartupError
     from vmgahp.protocol.env import read_gahp_environment
 
@@ -174,10 +180,16 @@ class _JobLogging:
     """The runtime, but the job's id goes on every later log line of this
     process as soon as a START brings the job ad (one gahp serves one job)."""
 
-    def __init__(self, runtime: object) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def submit(self, request: object) -> None:
+    def prepare_for_start(self) -> None:
+        self._runtime.prepare_for_start()
+
+    def close(self) -> None:
+        self._runtime.close()
+
+    def submit(self, request: Request) -> None:
         ad_lines = getattr(request, "ad_lines", None)
         if ad_lines:
             job_id = log.job_id_from_ad(ad_lines)

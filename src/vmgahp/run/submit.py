@@ -239,6 +239,7 @@ def _known_commands(ctx: Context) -> None:
             if cmd.default is not None:
                 ad[cmd.attr] = cmd.default
             continue
+        assert key is not None  # lookup gives every value with its key
         converted = cmd.convert(ctx, cmd, key, value)
         if converted is not None:
             ad[cmd.attr] = converted
@@ -310,7 +311,7 @@ def _forced_attributes(ctx: Context, forced: list[tuple[str, str, str, int]]) ->
             raise SubmitError(d.path, attr.line, f"+{attr.name}: a value with a line break cannot be sent to the gahp")
         try:
             classad2.ExprTree(attr.value)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a submit error
             raise SubmitError(
                 d.path, attr.line,
                 f"+{attr.name} = {attr.value} is not a valid ClassAd expression (did you forget to quote a string?)",

@@ -154,7 +154,8 @@ def _vmware_dir(ctx: Context, entry: Legacy, key: str, value: str) -> Effect:
         raise d.error(key, f"{key} = {value}: {directory} is not a directory")
     everything = bool(parse_bool(d.get("vmware_should_transfer_files") or "false"))
     effect = Effect([(entry.attrs[0], quote(str(directory), d, key))])
-    vmx, vmdk = [], []
+    vmx: list[str] = []
+    vmdk: list[str] = []
     for path in sorted(directory.iterdir()):
         if everything or path.name.endswith(".vmx"):
             effect.transfers += ctx.transfer(str(path), key, absolute=True)

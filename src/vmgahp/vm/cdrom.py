@@ -332,7 +332,8 @@ def _build(roots: list[_Node], iso_path: str, job: VmJob, user: JobUser | None) 
                 sources.append(source)
                 # Keep the executable bit: a job script must run from the CD.
                 mode = FILE_MODE | (0o111 if node.mode & 0o111 else 0)
-                iso.add_fp(source, node.size, f"{node.iso_path};1", rr_name=node.rr_name,
+                iso.add_fp(source, node.size,  # type: ignore[arg-type]  # file-like: mode, read, seek, tell
+                           f"{node.iso_path};1", rr_name=node.rr_name,
                            joliet_path=node.joliet_path, file_mode=mode)
         fd, tmp = tempfile.mkstemp(prefix=".vmgahp-cdrom-", suffix=".tmp", dir=job.working_dir)
         with os.fdopen(fd, "wb") as out:

@@ -17,6 +17,7 @@ feeds to the session.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import deque
@@ -176,10 +177,10 @@ class Runtime:
 
         def warm() -> None:
             try:
-                import classad2  # noqa: F401
+                import classad2  # noqa: F401 - imported now, before the first START needs it
 
-                from vmgahp.job import jobad, model  # noqa: F401
-                from vmgahp.vm import cdrom  # noqa: F401
+                from vmgahp.job import jobad, model  # noqa: F401 - as classad2
+                from vmgahp.vm import cdrom  # noqa: F401 - as classad2
 
                 self._get_hypervisor().network_plan()
             except Exception as exc:  # START will report it properly
@@ -292,7 +293,7 @@ class Runtime:
                 vm.release()
         if hypervisor is not None and names:
             calls = [
-                (name, DeadlineCall(lambda n=name: hypervisor.destroy_by_name(n), name="vmgahp-cleanup",
+                (name, DeadlineCall(functools.partial(hypervisor.destroy_by_name, name), name="vmgahp-cleanup",
                                     essential=True))
                 for name in names
             ]

@@ -58,7 +58,7 @@ def generation_of(device: str, name: str) -> int | None:
 
 def generations(working_dir: str, device: str) -> dict[int, Path]:
     """The overlays of ``device`` in the working directory, by generation."""
-    found = {}
+    found: dict[int, Path] = {}
     try:
         names = os.listdir(working_dir)
     except OSError:
