@@ -33,8 +33,9 @@ sys.path.insert(0, str(TOP / "tests"))
 from gahp_process import gahp_env  # noqa: E402 - the tests' daemon environment
 from vmgahp.protocol.client import NEED_DATA, GahpClient, Notification  # noqa: E402 - after the sys.path set-up
 
-PYTHON = TOP / ".venv" / "bin" / "python"
-VMGAHP = TOP / ".venv" / "bin" / "vmgahp"
+PYTHON = Path(sys.executable)
+# The entry-point script next to this interpreter: the startd and the starter run it.
+VMGAHP = PYTHON.parent / "vmgahp"
 
 AD = """VM_WORKING_DIR = "{wd}"
 ClusterId = 42

@@ -2,7 +2,7 @@
 
 * ``test_transcript``: one test per file in ``tests/transcripts/shared`` and
   ``tests/transcripts/vmgahp`` (ids are the file names), run with
-  ``transcript_runner`` against ``.venv/bin/vmgahp`` (or ``$VMGAHP_CMD``).
+  ``transcript_runner`` against ``python -m vmgahp`` (or ``$VMGAHP_CMD``).
 * The ``test_runner_*`` tests run the runner against ``tests/fake_gahp.py``:
   it must pass tolerated asynchronous behaviour and must FAIL on a wrong reply,
   a missing R, an extra line, a stray or duplicate R and the other faults - a

@@ -114,7 +114,7 @@ from vmgahp.protocol.wire import split_words as gahp_split  # noqa: F401 - tests
 SCRATCH_PLACEHOLDER = "/var/lib/condor/execute/dir_4242"
 UID_PLACEHOLDER = "<condor uid>"
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CMD = [str(REPO / ".venv" / "bin" / "vmgahp")]
+DEFAULT_CMD = [sys.executable, "-m", "vmgahp"]  # this interpreter's vmgahp
 DISK_EXTENSIONS = (".qcow2", ".qcow", ".img", ".raw", ".iso", ".vmdk")
 DISK_SIZE = 1 << 20
 BANNER = re.compile(r"(S )?\$VMGahpVersion .*\$")
@@ -1038,7 +1038,7 @@ def default_cmd() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+")
-    parser.add_argument("--cmd", help="daemon command (default $VMGAHP_CMD or .venv/bin/vmgahp)")
+    parser.add_argument("--cmd", help="daemon command (default $VMGAHP_CMD or python -m vmgahp)")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--repoll-s", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs")
