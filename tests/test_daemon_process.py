@@ -241,6 +241,22 @@ def test_one_version_on_the_wire(tmp_path: Path) -> None:
     assert f'VM_GAHP_VERSION = "{version}"' in probe.stdout.splitlines()
 
 
+@pytest.mark.parametrize("stdin", ["/dev/null", "file"])
+def test_stdin_that_epoll_refuses_is_read_to_its_end(tmp_path: Path, stdin: str) -> None:
+    """A gahp run by hand with stdin from /dev/null or a file (epoll refuses
+    both) answers what it reads and ends cleanly at EOF - no crash."""
+    source = tmp_path / "lines"
+    source.write_bytes(b"COMMANDS\r\nVERSION\r\n")
+    with open(stdin if stdin == "/dev/null" else source, "rb") as handle:
+        done = subprocess.run([sys.executable, "-m", "vmgahp", "-f", "-M", "3"], stdin=handle,
+                              env=gahp_env(tmp_path), cwd=tmp_path, capture_output=True, timeout=60)
+    lines = done.stdout.decode().splitlines()
+    assert done.returncode == 0, (done.stderr, (tmp_path / "vmgahp.log").read_text()[-2000:])
+    assert lines[0].startswith("$VMGahpVersion ")
+    assert len(lines) == (1 if stdin == "/dev/null" else 3)
+    assert "daemon_crashed" not in (tmp_path / "vmgahp.log").read_text()
+
+
 @pytest.mark.libvirtd
 def test_a_saturated_worker_pool_answers_every_request_by_its_deadline(
     work: Path, tmp_path: Path, gahps: list, libvirt_socket: str

@@ -204,7 +204,8 @@ def build(
         memory_mib=memory if isinstance(memory, int) and not isinstance(memory, bool) else 0,
         vcpus=max(vcpus, 1) if isinstance(vcpus, int) and not isinstance(vcpus, bool) else 1,
         checkpoint=final.get("JobVMCheckpoint") is True,  # what the starter reads (spec 6.7)
-        snapshot_disk=final.get("VMPARAM_vm_Snapshot_Disk") is True,
+        snapshot_disk=(final.get("VMPARAM_vm_Snapshot_Disk") is True if vm_type != "vmware"
+                       else final.get("VMPARAM_VMware_SnapshotDisk") is not False),  # the gahp's default: true
         no_output_vm=final.get("VMPARAM_No_Output_VM") is True,
         iwd=iwd,
         inputs=ctx.inputs,

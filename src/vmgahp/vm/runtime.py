@@ -177,10 +177,10 @@ class Runtime:
 
         def warm() -> None:
             try:
-                import classad2  # noqa: F401 - imported now, before the first START needs it
+                from vmgahp.job import ad_reader, model  # noqa: F401 - imported now, before the first START needs them
 
-                from vmgahp.job import jobad, model  # noqa: F401 - as classad2
-                from vmgahp.vm import cdrom  # noqa: F401 - as classad2
+                ad_reader.prepare()  # its interpreter and classad2 load while the ad arrives
+                from vmgahp.vm import cdrom  # noqa: F401 - as model
 
                 self._get_hypervisor().network_plan()
             except Exception as exc:  # START will report it properly
