@@ -23,8 +23,8 @@ from typing import Callable
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests"))
 
-from vmgahp.protocol.client import NEED_DATA, GahpClient  # noqa: E402
-from vmgahp.protocol.env import gahp_environment  # noqa: E402
+from vmgahp.protocol.client import NEED_DATA, GahpClient  # noqa: E402 - after the sys.path set-up
+from vmgahp.protocol.env import gahp_environment  # noqa: E402 - after the sys.path set-up
 
 PYTHON = sys.executable
 GAHP = [PYTHON, "-m", "vmgahp"]

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PYTHON, GAHP, Gahp, Row, alternate, median, memory_mb, node_env, real_config, timed
+from common import GAHP, PYTHON, Gahp, Row, alternate, median, memory_mb, node_env, real_config, timed
 
 BASELINE = "import htcondor2; htcondor2.param.get('VM_TYPE')"
 

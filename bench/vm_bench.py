@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PYTHON, TOP, Gahp, Row, ensure_libvirtd, median, node_env, real_config, SYSTEM_URI
-
+from common import PYTHON, SYSTEM_URI, TOP, Gahp, Row, ensure_libvirtd, median, node_env, real_config
 from gahp_process import job_ad  # noqa: E402 - the tests' job ad
 from guest_fixture import TinyGuest, guest_cache_dir
 from test_real_guest import wait_for_ticks

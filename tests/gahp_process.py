@@ -21,7 +21,9 @@ from vmgahp.protocol.client import NEED_DATA, GahpClient, Notification, Results
 from vmgahp.protocol.env import gahp_environment
 
 TOP = Path(__file__).resolve().parents[1]
-VMGAHP = TOP / ".venv" / "bin" / "vmgahp"  # the installed entry point (tests of the script itself)
+# The installed entry-point script, next to this interpreter: for the tests that
+# run the gahp as condor_starter does (VM_GAHP_SERVER names one executable).
+VMGAHP = Path(sys.executable).parent / "vmgahp"
 GAHP_ARGV = (sys.executable, "-m", "vmgahp")  # this interpreter's vmgahp, wherever the venv is
 
 

@@ -30,8 +30,17 @@ import pytest
 from gahp_process import GahpProcess, job_ad
 from guest_fixture import TinyGuest
 from test_real_guest import (  # noqa: F401 - fixtures
-    CLUSTER_BASE, JOB_GID, JOB_UID, assert_finished_in_one_run, domain_name, domain_state, domains, gahps,
-    quit_gahp, wait_for_status, wait_for_ticks,
+    CLUSTER_BASE,
+    JOB_GID,
+    JOB_UID,
+    assert_finished_in_one_run,
+    domain_name,
+    domain_state,
+    domains,
+    gahps,
+    quit_gahp,
+    wait_for_status,
+    wait_for_ticks,
 )
 
 pytestmark = pytest.mark.libvirtd
@@ -60,7 +69,7 @@ def places() -> Iterator[list[tuple[Path, Path]]]:
         shutil.rmtree(shared, ignore_errors=True)
 
 
-def one_job(index: int, guest: TinyGuest, scratch: Path, shared: Path, uri: str, gahps: list, domains: list,
+def one_job(index: int, guest: TinyGuest, scratch: Path, shared: Path, uri: str, gahps: list, domains: list,  # noqa: F811 - the test's fixtures, passed on
             outcome: dict) -> None:
     cluster = CLUSTER_BASE + 60 + index
     domains.append(domain_name(cluster))
@@ -82,7 +91,7 @@ def one_job(index: int, guest: TinyGuest, scratch: Path, shared: Path, uri: str,
 
 
 def test_four_jobs_at_once_boot_checkpoint_resume_and_finish(
-    tiny_guest: TinyGuest, places: list, libvirt_uri: str, gahps: list, domains: list
+    tiny_guest: TinyGuest, places: list, libvirt_uri: str, gahps: list, domains: list  # noqa: F811 - test_real_guest's fixtures
 ) -> None:
     outcome: dict[int, tuple[int, Path, str]] = {}
     errors: list[BaseException] = []

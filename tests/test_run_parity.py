@@ -19,8 +19,8 @@ from pathlib import Path
 
 import classad2
 import pytest
-from fixtures.condor_submit_vm import CASES, EXAMPLES, LEGACY_CASES, READ_EXACTLY, SCOPE
 
+from fixtures.condor_submit_vm import CASES, EXAMPLES, LEGACY_CASES, READ_EXACTLY, SCOPE
 from vmgahp.job.jobad import JobAd
 from vmgahp.run import cli
 from vmgahp.run.submit import LEGACY, Identity, Job, SubmitError, build, load
@@ -123,9 +123,9 @@ def test_round_trip(tmp_path: Path, case: dict) -> None:
     job = make(path)
     pool = make(round_trip(path, job))
     assert pool.hints == [] and pool.warnings == []
-    strip = lambda ad: {k: v for k, v in ad.items() if k != "QDate"}  # noqa: E731
+    strip = lambda ad: {k: v for k, v in ad.items() if k != "QDate"}  # noqa: E731 - a one-line helper
     assert strip(pool.ad) == strip(job.ad)
-    files = lambda j: [(item.source, item.name) for item in j.inputs]  # noqa: E731
+    files = lambda j: [(item.source, item.name) for item in j.inputs]  # noqa: E731 - a one-line helper
     assert (pool.checkpoint, pool.snapshot_disk, files(pool)) == (job.checkpoint, job.snapshot_disk, files(job))
 
 

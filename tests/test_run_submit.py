@@ -402,7 +402,8 @@ def test_vmware_needs_its_own_commands(tmp_path: Path) -> None:
     """vm_type = vmware is run (drivers/vmware); the old submit's vmware_* commands are required."""
     exc = error(tmp_path, KVM_JOB.replace("vm_type    = kvm", "vm_type    = VMware"))
     assert "vmware_should_transfer_files cannot be found" in exc.message
-    exc = error(tmp_path, KVM_JOB.replace("vm_type    = kvm", "vm_type    = vmware\nvmware_should_transfer_files = true"))
+    exc = error(tmp_path, KVM_JOB.replace("vm_type    = kvm",
+                                          "vm_type    = vmware\nvmware_should_transfer_files = true"))
     assert "vmware_dir cannot be found" in exc.message
 
 

@@ -26,14 +26,23 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from vmgahp import log
 from vmgahp.protocol.session import Dispatch, GahpSession, Quit, Request, Send
 from vmgahp.protocol.wire import LineFramer
 
-if TYPE_CHECKING:
-    from vmgahp.vm.runtime import Runtime
+
+class RequestRunner(Protocol):
+    """What the command loop needs of the runtime: vm.runtime.Runtime, or
+    the CLI's wrapper of it that binds the job id to the log."""
+
+    def prepare_for_start(self) -> None: ...
+
+    def submit(self, request: Request) -> None: ...
+
+    def close(self) -> None: ...
+
 
 READ_SIZE = 65536
 SWITCH_INTERVAL = 0.0002  # seconds (sys.setswitchinterval)
@@ -47,7 +56,7 @@ class Daemon:
         self._held_since: float | None = None
         self.in_fd = in_fd
         self.out_fd = out_fd
-        self.runtime: Runtime | None = None
+        self.runtime: RequestRunner | None = None
         self._lock = threading.RLock()
         self._framer = LineFramer()
         self._output_broken = False

@@ -17,14 +17,13 @@ text; the parent turns the knobs into :class:`~vmgahp.gahp.config.Settings`.
 
 from __future__ import annotations
 
-from vmgahp.errors import VmgahpError
-
 import os
 import select
 import signal
 import time
 
 from vmgahp import log
+from vmgahp.errors import VmgahpError
 
 
 class StartupError(VmgahpError):
@@ -187,7 +186,8 @@ class PendingPreflight:
         except TimeoutError as exc:
             for pid in self._pids:
                 os.kill(pid, signal.SIGKILL)
-            what = f"the {self.vm_type} host check" if self.vm_type and knobs is not None else "reading the configuration"
+            what = (f"the {self.vm_type} host check" if self.vm_type and knobs is not None
+                    else "reading the configuration")
             raise StartupError(f"{what} did not finish within {self.deadline:g} s") from exc
         except EOFError as exc:
             raise StartupError("the start-up check died without an answer") from exc

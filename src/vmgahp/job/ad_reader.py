@@ -53,7 +53,7 @@ def evaluate(lines: list[str] | tuple[str, ...]) -> tuple[list[Entry], list[str]
         if child.returncode != 0:
             raise RuntimeError(f"exit {child.returncode}: {err.decode(errors='replace').strip()[-300:]}")
         answer = json.loads(out)
-        return [tuple(entry) for entry in answer["entries"]], list(answer["dropped"])  # type: ignore[misc]
+        return [tuple(entry) for entry in answer["entries"]], list(answer["dropped"])
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the ad is still read
         if child is not None and child.poll() is None:
             child.kill()

@@ -25,7 +25,24 @@ from pathlib import Path
 
 from vmgahp.run import submit_legacy as legacy
 from vmgahp.run.submit_file import Custom, SubmitDescription, SubmitError, load, scan
-from vmgahp.run.submit_known import KNOWN, NO_STD_FILES, VM_TYPES, VM_UNIVERSE, XEN_KERNEL_KEYWORDS, Command, check_vm_type, cross_rules, file_transfer, parse_bool, parse_mib, quote, request_resources, strip_outer_quotes, split_list, untransferred_files
+from vmgahp.run.submit_known import (
+    KNOWN,
+    NO_STD_FILES,
+    VM_TYPES,
+    VM_UNIVERSE,
+    XEN_KERNEL_KEYWORDS,
+    Command,
+    check_vm_type,
+    cross_rules,
+    file_transfer,
+    parse_bool,
+    parse_mib,
+    quote,
+    request_resources,
+    split_list,
+    strip_outer_quotes,
+    untransferred_files,
+)
 from vmgahp.run.submit_legacy import LEGACY, PoolHint
 
 __all__ = [
@@ -207,7 +224,8 @@ def _known_commands(ctx: Context) -> None:
             continue
         if cmd.attr == "VMPARAM_vm_Disk" and d.get(legacy.XEN_DISK) is not None:
             if ctx.vm_type != "xen":
-                ctx.warnings.append(d.warning(legacy.XEN_DISK, f"{legacy.XEN_DISK} is ignored for vm_type = {ctx.vm_type}"))
+                ctx.warnings.append(d.warning(legacy.XEN_DISK,
+                                              f"{legacy.XEN_DISK} is ignored for vm_type = {ctx.vm_type}"))
             elif key is not None:
                 ctx.warnings.append(d.warning(legacy.XEN_DISK, f"{legacy.XEN_DISK} is ignored: vm_disk is set"))
             else:  # the old Xen spelling stands in; its hint is vm_disk itself
@@ -222,6 +240,7 @@ def _known_commands(ctx: Context) -> None:
             if cmd.default is not None:
                 ad[cmd.attr] = cmd.default
             continue
+        assert key is not None  # lookup gives every value with its key
         converted = cmd.convert(ctx, cmd, key, value)
         if converted is not None:
             ad[cmd.attr] = converted
@@ -293,7 +312,7 @@ def _forced_attributes(ctx: Context, forced: list[tuple[str, str, str, int]]) ->
             raise SubmitError(d.path, attr.line, f"+{attr.name}: a value with a line break cannot be sent to the gahp")
         try:
             classad2.ExprTree(attr.value)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a submit error
             raise SubmitError(
                 d.path, attr.line,
                 f"+{attr.name} = {attr.value} is not a valid ClassAd expression (did you forget to quote a string?)",

@@ -85,7 +85,9 @@ def parse_mib(value: str) -> int | None:
     rest = text[end:]
     fraction = 0.0
     if rest.startswith("."):
-        digits = re.match(r"\.([0-9]*)", rest).group(1)  # type: ignore[union-attr]
+        match = re.match(r"\.([0-9]*)", rest)
+        assert match is not None  # rest starts with "."
+        digits = match.group(1)
         fraction = sum(int(d) / 10 ** (i + 1) for i, d in enumerate(digits[:3]))
         rest = rest[1 + len(digits) :]
     if len(rest) == len(text):  # not even a digit or a '.'
@@ -309,7 +311,7 @@ def _expression(ctx: Context, key: str, value: str) -> str:
 
     try:
         classad2.ExprTree(value)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a submit error
         raise ctx.description.error(key, f"{key} = {value} is not a valid ClassAd expression") from exc
     return value
 

@@ -96,7 +96,8 @@ def _cdrom_files(ctx: Context, entry: Legacy, key: str, value: str) -> Effect:
     d = ctx.description
     files = _items(value)
     if any(name.lower().endswith(".iso") for name in files) and len(files) > 1:  # 7543-7550
-        raise d.error(key, f"{key}: give either one .iso file or any number of plain files, not an .iso with other files")
+        raise d.error(key, f"{key}: give either one .iso file or any number of plain files,"
+                           " not an .iso with other files")
     should = d.get("vm_should_transfer_cdrom_files")
     transfer = None if should is None else parse_bool(should)
     if should is not None and transfer is None:
@@ -154,7 +155,8 @@ def _vmware_dir(ctx: Context, entry: Legacy, key: str, value: str) -> Effect:
         raise d.error(key, f"{key} = {value}: {directory} is not a directory")
     everything = bool(parse_bool(d.get("vmware_should_transfer_files") or "false"))
     effect = Effect([(entry.attrs[0], quote(str(directory), d, key))])
-    vmx, vmdk = [], []
+    vmx: list[str] = []
+    vmdk: list[str] = []
     for path in sorted(directory.iterdir()):
         if everything or path.name.endswith(".vmx"):
             effect.transfers += ctx.transfer(str(path), key, absolute=True)
@@ -173,7 +175,8 @@ def _vmware_required(ctx: Context) -> None:
     transfer = d.get("vmware_should_transfer_files")
     if transfer is None:
         raise d.error(None, "vmware_should_transfer_files cannot be found; a VMware job needs it "
-                            "('vmware_should_transfer_files = true' to send the VM's files, 'false' on a shared filesystem)")
+                            "('vmware_should_transfer_files = true' to send the VM's files,"
+                            " 'false' on a shared filesystem)")
     if parse_bool(transfer) is None:
         raise d.error("vmware_should_transfer_files", "vmware_should_transfer_files must be true or false")
     if d.get("vmware_dir") is None:

@@ -23,8 +23,16 @@ from urllib.parse import urlsplit
 import libvirt
 
 from vmgahp import log
-from vmgahp.drivers.base import (Capability, DomainState, HostCheckError, HostError, Hypervisor,
-                                 HypervisorError, JobImageError, SavedState)
+from vmgahp.drivers.base import (
+    Capability,
+    DomainState,
+    HostCheckError,
+    HostError,
+    Hypervisor,
+    HypervisorError,
+    JobImageError,
+    SavedState,
+)
 from vmgahp.drivers.libvirt import images, overlays, save_image, state
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
 from vmgahp.drivers.libvirt.domain import LibvirtDomain
