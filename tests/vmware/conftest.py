@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from gahp_rig import client, rig, scratch  # noqa: F401 - the gahp tests' fixtures, visible to every module here
 from vcsim_fixture import *  # noqa: F401,F403
 from vcsim_fixture import Vcsim
+from vsphere_rig import POOL, Job, datastore_dir, new_job  # noqa: F401 - fixtures' helpers
 
 from vmgahp.drivers.vmware.errors import Secret
 from vmgahp.drivers.vmware.vsphere import VSphere
-
-from vsphere_rig import POOL, Job, datastore_dir, new_job  # noqa: F401 - fixtures' helpers
 
 
 @pytest.fixture
@@ -25,13 +25,13 @@ def connect() -> Iterator[Callable[..., VSphere]]:
         if "thumbprint" not in kwargs:
             kwargs.setdefault("ca_file", str(sim.ca_file))
         kwargs.setdefault("timeout", 20.0)
-        client = VSphere.connect(sim.host, sim.user, Secret(sim.password), port=sim.port, **kwargs)
-        clients.append(client)
-        return client
+        made = VSphere.connect(sim.host, sim.user, Secret(sim.password), port=sim.port, **kwargs)
+        clients.append(made)
+        return made
 
     yield make
-    for client in clients:
-        client.close()
+    for made in clients:
+        made.close()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from vsphere_rig import datastore_dir
+
 from gahp_process import GAHP_ARGV, GahpProcess, gahp_env
 
 VM_NAME = "alice_example.org_42.0"

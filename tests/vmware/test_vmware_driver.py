@@ -132,5 +132,3 @@ def test_status_knows_mac_and_ip_and_integrates_cpu(vcsim, scratch, client):
     finally:
         hv.close()
 
-
-from gahp_rig import client, scratch  # noqa: E402,F401  (fixtures)

@@ -9,11 +9,11 @@ and registering reads no VMX, so what is asserted is what vmgahp sent and did.
 
 from __future__ import annotations
 
-import re
 import json
+import re
 
 import pytest
-from gahp_rig import BASE, FLAT, VM_NAME, VMX, Rig, client, find_vm, job_folders, rig, scratch  # noqa: F401
+from gahp_rig import BASE, FLAT, VM_NAME, VMX, Rig, find_vm, job_folders
 
 from vmgahp.drivers.vmware.specs import split_ds_path
 

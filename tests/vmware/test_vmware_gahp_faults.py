@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from gahp_rig import VM_NAME, Rig, all_output, client, find_vm, job_folders, rig, scratch  # noqa: F401
+from gahp_rig import VM_NAME, Rig, all_output, find_vm, job_folders
 
 pytestmark = pytest.mark.vcsim
 

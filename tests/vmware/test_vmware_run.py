@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gahp_rig import POOL, client, scratch  # noqa: F401
-
+from gahp_rig import POOL
 from vsphere_rig import datastore_dir
 
 pytestmark = pytest.mark.vcsim

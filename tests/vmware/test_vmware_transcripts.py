@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gahp_rig import POOL, client, scratch  # noqa: F401
+from gahp_rig import POOL
+from vsphere_rig import datastore_dir
 
 import transcript_runner as tr
-from vsphere_rig import datastore_dir
 
 pytestmark = pytest.mark.vcsim
 

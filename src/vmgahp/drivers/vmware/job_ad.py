@@ -97,7 +97,8 @@ def read_job(ad: JobAd, job: VmJob, user: JobUser | None) -> VmJob:
                                                     f"{getattr(exc, 'strerror', None) or exc}") from None
     attached = [os.path.basename(n) for n in vmx_disks(vmx_text)]
     names = list(dict.fromkeys(vmdk_names + attached))
-    disks, uploads = [], [vmx]
+    disks: list[Disk] = []
+    uploads = [vmx]
     for name in names:
         local = os.path.join(working_dir, name)
         if transfer or os.path.exists(local):

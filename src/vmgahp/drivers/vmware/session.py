@@ -204,7 +204,7 @@ class Session:
         raise VSphereError(f"{what}: the session kept expiring", fault="NotAuthenticated")
 
     def translate(self, exc: BaseException, what: str) -> VSphereError | None:
-        from pyVmomi import vim, vmodl
+        from pyVmomi import vmodl
 
         if isinstance(exc, VSphereError):
             return exc

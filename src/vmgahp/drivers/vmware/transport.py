@@ -94,7 +94,7 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
                 self.close()
                 raise PinMismatch("the server's certificate does not match the pinned SHA-256 thumbprint")
 
-    def request(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+    def request(self, *args: object, **kwargs: object) -> None:
         timeout = _timeout(None)
         if timeout is not None:
             self.timeout = timeout
