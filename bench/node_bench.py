@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import SYSTEM_URI, Row, ensure_libvirtd, median, memory_mb, real_config
 from guest_fixture import TinyGuest, guest_cache_dir
-from test_real_guest import wait_for_ticks
+from real_guest import wait_for_ticks
 from vm_bench import Place, _gahp, destroy, timed_call
 
 VMS = 4

@@ -34,7 +34,7 @@ from pathlib import Path
 from common import PYTHON, SYSTEM_URI, TOP, Gahp, Row, ensure_libvirtd, median, node_env, real_config
 from gahp_process import job_ad  # noqa: E402 - the tests' job ad
 from guest_fixture import TinyGuest, guest_cache_dir
-from test_real_guest import wait_for_ticks
+from real_guest import wait_for_ticks
 
 MEMORY = 256
 TICKS = 400  # the guest outlives every measurement

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/gen-token-table.py --check  # exit 1 if the doc is out of date
 
 The table sits between the BEGIN and END marker lines; everything else in the
-file is left as it is. tests/test_token_table.py fails when the two disagree.
+file is left as it is. tests/unit/test_token_table.py fails when the two disagree.
 """
 
 from __future__ import annotations

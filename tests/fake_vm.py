@@ -1,6 +1,6 @@
 """The VM layer over the in-memory driver: jobs, VMs and a Runtime with a recorder.
 
-Shared by tests/test_vm_lifecycle.py and tests/test_runtime_scheduling.py.
+Shared by tests/unit/test_vm_lifecycle.py and tests/unit/test_runtime_scheduling.py.
 Waits are on events with generous timeouts, never fixed sleeps.
 """
 

@@ -93,7 +93,8 @@ class DaemonFuzz:
 
     # ---------------------------------------------------------------- checks
     def fail(self, message: str) -> None:
-        shown = "\n  ".join(repr(frame[:160]) if frame is not None else "<overlong>" for frame in self.recent[-6:])
+        show = int(os.environ.get("VMGAHP_FUZZ_SHOW", "6"))  # frames in the message
+        shown = "\n  ".join(repr(frame[:160]) if frame is not None else "<overlong>" for frame in self.recent[-show:])
         raise FuzzFailure(f"{message}\n(seed {self.seed}, frame {self.stats.frames}; "
                           f"reproduce with VMGAHP_FUZZ_SEED={self.seed})\nlast frames:\n  {shown}\n"
                           f"log tail: {self.gahp.stderr_tail()[-600:]}")
@@ -138,7 +139,7 @@ class DaemonFuzz:
 
     def check(self, model: ReplyModel, frame: Optional[bytes]) -> None:
         self.stats.frames += 1
-        self.recent = (self.recent + [frame])[-6:]
+        self.recent = (self.recent + [frame])[-60:]
         expect = model.expect(frame)
         self.stats.kinds[expect.name or expect.kind] += 1
         if expect.kind == "none":

@@ -7,6 +7,7 @@ shared ones, the driver's own reader for the libvirt ones.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from vmgahp.drivers.registry import knobs_for
@@ -14,6 +15,8 @@ from vmgahp.gahp.config import settings_from
 from vmgahp.settings import Settings
 
 TEST_URI = "test:///default"
+TESTS = Path(__file__).resolve().parent  # tests/: the shared data (transcripts, fixtures, scripts)
+TOP = TESTS.parent  # the checkout
 
 
 def settings(vm_type: str = "kvm", **knobs: Any) -> Settings:

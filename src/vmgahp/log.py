@@ -62,8 +62,10 @@ def job_id_from_ad(ad_lines: tuple[str, ...] | list[str] | None) -> str | None:
         name = name.strip().lower()
         if equals and name in ("clusterid", "procid"):
             value = value.strip()
-            if value.isascii() and value.isdigit():
-                found[name] = str(int(value))
+            digits = value.lstrip("0") or "0"
+            # A job id is a C int; a 5,000-digit "id" is no id (and int() refuses it).
+            if value.isascii() and value.isdigit() and len(digits) <= 10:
+                found[name] = digits
     if "clusterid" not in found:
         return None
     return f"{found['clusterid']}.{found.get('procid', '0')}"

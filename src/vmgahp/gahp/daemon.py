@@ -29,6 +29,7 @@ import time
 from typing import Callable, Protocol
 
 from vmgahp import log
+from vmgahp.protocol import tokens
 from vmgahp.protocol.session import Dispatch, GahpSession, Quit, Request, Send
 from vmgahp.protocol.wire import LineFramer
 
@@ -106,7 +107,7 @@ class Daemon:
         if self.session.receiving_ad:
             self.runtime.prepare_for_start()  # once: load what START needs now
         for request in dispatches:
-            self.runtime.submit(request)
+            self._submit(request)
         if quit_requested:
             log.get().info("quit", detail="QUIT received; destroying VMs")
             self.runtime.close()
@@ -114,6 +115,17 @@ class Daemon:
                 self._write("S")
             return False
         return True
+
+    def _submit(self, request: Request) -> None:
+        """Hand ``request`` to the runtime. Its ``S`` is written already: a
+        failure now is the request's failed result, never a second reply."""
+        assert self.runtime is not None
+        try:
+            self.runtime.submit(request)
+        except Exception:  # a bug: the starter still gets exactly one answer
+            log.get().exception("submit_failed", req_id=request.request_id, command=request.command,
+                                token=tokens.INTERNAL)
+            self.report(request.request_id, False, tokens.INTERNAL)
 
     def _guarded_line(self, line: str | None) -> bool:
         """``_handle_line``, but a line whose handling raises gets ``E`` (or,

@@ -12,7 +12,7 @@ follows the C++ gahp's built-in XML (spec 4.8) with these deliberate fixes:
 * every NIC carries the job's MAC, and a virtio model on KVM.
 
 Xen shapes (libvirt's libxl driver; checked against libvirt's RNG schema and
-golden files in ``tests/golden/xen``, see ``tests/test_xen.py``):
+golden files in ``tests/golden/xen``, see ``tests/driver/test_xen.py``):
 
 * PV with a kernel path: ``<os><type>linux</type><kernel/><initrd/>
   <cmdline>root=ROOT PARAMS</cmdline></os>``. The root device goes into the

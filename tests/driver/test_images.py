@@ -3,7 +3,7 @@
 
 The check matters most under a stock libvirt, whose DAC driver chowns every
 layer of a backing chain to libvirt-qemu: a job's qcow2 must not be able to
-name a file its user cannot read (tests/test_stock_libvirt.py shows it with a
+name a file its user cannot read (tests/real/test_stock_libvirt.py shows it with a
 real guest).
 """
 

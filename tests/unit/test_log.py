@@ -205,3 +205,13 @@ def test_a_log_that_cannot_be_opened_falls_back_to_stderr(tmp_path: Path, restor
     log.get().info("hello")
     err = capsys.readouterr().err.splitlines()
     assert [json.loads(line)["event"] for line in err] == ["log_fallback", "hello"]
+
+
+def test_a_job_id_beyond_a_c_int_is_no_job_id() -> None:
+    """Found by fuzzing: a 4,302-digit ClusterId made int() raise on the way to the
+    START's dispatch (Python's digit limit), after the START's S was written."""
+    from vmgahp import log
+
+    assert log.job_id_from_ad(["ClusterId = " + "7" * 5000, "ProcId = 0"]) is None
+    assert log.job_id_from_ad(["ClusterId = 00042", "ProcId = 003"]) == "42.3"
+    assert log.job_id_from_ad(["ClusterId = 0", "ProcId = 0"]) == "0.0"

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import libvirt
 import pytest
 
-from helpers import TEST_URI, on_test_hypervisor
+from helpers import TEST_URI, TESTS, on_test_hypervisor
 from vmgahp.drivers.base import DomainState, HostCheckError, HostError, HypervisorError, JobImageError, SavedState
 from vmgahp.drivers.libvirt import driver as driver_module
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
@@ -656,7 +656,7 @@ def test_libvirt_errors_are_not_printed(hv: LibvirtHypervisor, capfd) -> None:
     assert "libvirt:" not in capfd.readouterr().err
 
 
-STOCK_LIKE_SCRIPT = Path(__file__).resolve().parent / "xml_scripts" / "simple_libvirt_xml.py"
+STOCK_LIKE_SCRIPT = TESTS / "xml_scripts" / "simple_libvirt_xml.py"
 
 
 def test_stock_like_script_gets_the_prepared_disks(raw_conn: libvirt.virConnect, tmp_path: Path) -> None:

@@ -23,19 +23,17 @@ import pytest
 
 from gahp_process import VMGAHP, gahp_env
 from guest_fixture import TinyGuest
-from starter_emulation import StarterEmulation
-from test_real_guest import (  # noqa: F401 - fixtures
+from real_guest import (  # fixtures come from real/conftest.py
     CLUSTER_BASE,
     JOB_GID,
     JOB_UID,
     assert_finished_in_one_run,
     domain_name,
     domain_state,
-    domains,
     job_ad,
-    scratch,
     ticks,
 )
+from starter_emulation import StarterEmulation
 
 pytestmark = pytest.mark.libvirtd
 

@@ -28,19 +28,15 @@ import pytest
 from gahp_process import GahpProcess
 from gahp_process import job_ad as plain_job_ad
 from guest_fixture import TinyGuest, read_guest_file, wait_for_console
-from test_real_guest import (  # noqa: F401 - fixtures
+from real_guest import (  # fixtures come from real/conftest.py
     CLUSTER_BASE,
     JOB_GID,
     JOB_UID,
     domain_name,
     domain_state,
-    domains,
-    gahps,
     progress,
-    scratch,
     start_guest,
     ticks,
-    wait_for_ticks,
 )
 
 pytestmark = pytest.mark.libvirtd

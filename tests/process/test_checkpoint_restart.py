@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gahp_process import GahpProcess, job_ad
+from helpers import TESTS
 from vmgahp.drivers.libvirt import overlays
 
 CHECKPOINT_FILES = ("xen.mem.ckpt", "xen.mem.ckpt.timestamp", "vmgahp-checkpoint.json", "vmgahp-overlay-vda.qcow2")
@@ -292,7 +293,7 @@ def test_the_manifest_records_what_the_domain_really_uses(dirs: list[Path], gahp
     import json
 
     work = dirs[0]
-    script = Path(__file__).resolve().parent / "xml_scripts" / "simple_libvirt_xml.py"
+    script = TESTS / "xml_scripts" / "simple_libvirt_xml.py"
     gahp = GahpProcess(work, LIBVIRT_XML_SCRIPT=str(script),
                        LIBVIRT_XML_SCRIPT_ARGS=f"/dev/null --ignore-disk-list {work}/disk.img")
     gahps.append(gahp)

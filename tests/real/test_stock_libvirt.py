@@ -42,7 +42,7 @@ import pytest
 from gahp_process import GahpProcess
 from guest_fixture import TinyGuest, read_guest_file, wait_for_console
 from private_libvirtd import PrivateLibvirtd
-from test_real_guest import assert_finished_in_one_run, job_ad, quit_gahp, status, wait_for_status
+from real_guest import assert_finished_in_one_run, job_ad, quit_gahp, status, wait_for_status
 
 pytestmark = pytest.mark.libvirtd
 

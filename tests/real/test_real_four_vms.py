@@ -29,15 +29,13 @@ import pytest
 
 from gahp_process import GahpProcess, job_ad
 from guest_fixture import TinyGuest
-from test_real_guest import (  # noqa: F401 - fixtures
+from real_guest import (  # fixtures come from real/conftest.py
     CLUSTER_BASE,
     JOB_GID,
     JOB_UID,
     assert_finished_in_one_run,
     domain_name,
     domain_state,
-    domains,
-    gahps,
     quit_gahp,
     wait_for_status,
     wait_for_ticks,

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "vmgahp"
+from helpers import TOP
+
+SRC = TOP / "src" / "vmgahp"
 BACKENDS = sorted(p.name for p in (SRC / "drivers").iterdir() if (p / "__init__.py").exists())
 
 

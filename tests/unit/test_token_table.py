@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TOP
 from vmgahp.protocol import tokens
 from vmgahp.run.starter import explain_start_failure
 
-TOP = Path(__file__).resolve().parents[1]
 SCRIPT = TOP / "scripts" / "gen-token-table.py"
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-TOP = Path(__file__).resolve().parents[1]
+from helpers import TOP
+
 SPEC = (TOP / "docs" / "spec" / "VMGAHP-PROTOCOL.md").read_text()
 SECTIONS = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", SPEC, re.M)) | set(
     re.findall(r"^### (\d+\.\d+), \d+\.\d+", SPEC, re.M))

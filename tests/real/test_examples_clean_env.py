@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from guest_fixture import read_guest_file
+from helpers import TOP
 
 pytestmark = pytest.mark.libvirtd
 
-TOP = Path(__file__).resolve().parents[1]
 
 
 def _clean_env() -> dict[str, str]:

@@ -15,7 +15,7 @@ document is one libxl could be handed. So each Xen shape is checked three ways:
 
 Regenerate the golden files after a deliberate change of the XML:
 
-    VMGAHP_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_xen.py -q
+    VMGAHP_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/driver/test_xen.py -q
 
 then review ``git diff tests/golden/xen``.
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from helpers import settings
+from helpers import TESTS, settings
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
@@ -50,7 +50,7 @@ from vmgahp.protocol import tokens
 from vmgahp.settings import Settings
 from vmgahp.vm.cdrom import attach_cdrom
 
-HERE = Path(__file__).resolve().parent
+HERE = TESTS
 GOLDEN = HERE / "golden" / "xen"
 TRANSCRIPTS = HERE / "transcripts" / "vmgahp"
 UPDATE = os.environ.get("VMGAHP_UPDATE_GOLDEN") == "1"

@@ -21,11 +21,11 @@ import classad2
 import pytest
 
 from fixtures.condor_submit_vm import CASES, EXAMPLES, LEGACY_CASES, READ_EXACTLY, SCOPE
+from helpers import TOP
 from vmgahp.job.jobad import JobAd
 from vmgahp.run import cli
 from vmgahp.run.submit import LEGACY, Identity, Job, SubmitError, build, load
 
-TOP = Path(__file__).resolve().parents[1]
 ALICE = Identity("alice", "example.org")
 LEGACY_COMMANDS = {entry.command for entry in LEGACY}
 

@@ -26,7 +26,6 @@ from vmgahp.run import scratch
 from vmgahp.run.cli import run_main
 from vmgahp.run.starter import explain_start_failure
 
-TOP = Path(__file__).resolve().parents[1]
 VMGAHP = (sys.executable, "-m", "vmgahp")  # this interpreter's vmgahp
 
 JOB = """\

@@ -29,10 +29,11 @@ import pytest
 
 from gahp_process import GahpProcess, job_ad
 from guest_fixture import read_guest_file, wait_for_console
+from helpers import TESTS
 
 pytestmark = pytest.mark.libvirtd
 
-HERE = Path(__file__).resolve().parent
+HERE = TESTS
 STOCK_LIKE_SCRIPT = HERE / "xml_scripts" / "simple_libvirt_xml.py"
 MAC = "52:54:00:0c:0f:fe"
 KNOBS = dict(VM_KVM_DOMAIN_TYPE="qemu", VM_NETWORKING="true", VM_NETWORKING_TYPE="user",

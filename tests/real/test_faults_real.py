@@ -38,6 +38,7 @@ import pytest
 
 from gahp_process import GahpProcess, job_ad
 from guest_fixture import TinyGuest
+from helpers import TESTS
 from private_libvirtd import PrivateLibvirtd
 
 pytestmark = pytest.mark.libvirtd
@@ -47,7 +48,7 @@ SLACK = 7.0  # a loaded host: thread start-up, RESULTS polling, Python imports
 BOOT_TIMEOUT = 90.0
 CLEANUP_TIMEOUT = 30.0  # the gahp's own bound is 15 s per domain, in parallel
 CLUSTER_BASE = 700_000 + (os.getpid() % 10_000) * 10
-PIPE_PARENT = Path(__file__).resolve().parent / "pipe_parent.py"
+PIPE_PARENT = TESTS / "pipe_parent.py"
 CHECKPOINT_FILES = ("boot.img", "xen.mem.ckpt", "xen.mem.ckpt.timestamp", "vmgahp-checkpoint.json",
                     "vmgahp-overlay-vda.qcow2")
 LOG = "vmgahp.log"

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 import transcript_runner as tr
+from helpers import TESTS
 
-HERE = Path(__file__).resolve().parent
+HERE = TESTS
 SHARED_DIR = HERE / "transcripts" / "shared"
 OWN_DIR = HERE / "transcripts" / "vmgahp"
 SHARED_SOURCE = HERE.parent.parent / "shared" / "protocol" / "transcripts"  # shared/ beside the checkout

@@ -84,13 +84,35 @@ def read_lines(fd: int, count: int, timeout: float = 5.0) -> list[str]:
 
 
 def test_a_line_whose_handling_raises_gets_E_and_the_loop_goes_on() -> None:
+    runtime = RecordingRuntime()
+    served = Served(runtime)
+    session = served.daemon.session
+    real = session.receive_line
+
+    def receive(line):
+        if line.startswith("VERSION"):
+            raise RuntimeError("a bug in the session")
+        return real(line)
+
+    session.receive_line = receive  # type: ignore[method-assign]
+    os.write(served.stdin, b"VERSION\r\nCOMMANDS\r\n")
+    lines = read_lines(served.stdout, 2)
+    assert lines[0] == "E"
+    assert lines[1].startswith("S ASYNC_MODE_ON ")
+    os.close(served.stdin)
+    assert served.finish() == {"code": 0} and runtime.closed == 1
+
+
+def test_a_request_whose_dispatch_raises_gets_one_reply_and_a_failed_result() -> None:
+    """Its S is on the wire before the runtime raises: a second reply (E) would put
+    every later reply one line off for the starter. The failure is its result."""
     runtime = RecordingRuntime(fail_submit=True)
     served = Served(runtime)
-    os.write(served.stdin, b"CONDOR_VM_STATUS 2 1\r\nCOMMANDS\r\n")
-    lines = read_lines(served.stdout, 3)
-    assert lines[0] == "S"  # the session accepted it, then the runtime raised
-    assert lines[1] == "E"
+    os.write(served.stdin, b"CONDOR_VM_STATUS 2 1\r\nCOMMANDS\r\nRESULTS\r\n")
+    lines = read_lines(served.stdout, 5)
+    assert lines[:2] == ["S", "R"]  # one reply, then the result's notice
     assert lines[2].startswith("S ASYNC_MODE_ON ")
+    assert lines[3:] == ["S 1", "2 1 VMGAHP_ERR_INTERNAL"]
     os.close(served.stdin)
     assert served.finish() == {"code": 0} and runtime.closed == 1
 

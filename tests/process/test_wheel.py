@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TOP
+
 pytestmark = pytest.mark.packaging
 
-TOP = Path(__file__).resolve().parents[1]
 PACKAGE = TOP / "src" / "vmgahp"
 NOT_COPIED = shutil.ignore_patterns(".git", ".venv", ".cache", "build", "dist", "*.egg-info", "__pycache__",
                                     ".pytest_cache", ".hypothesis", "*.out")
