@@ -241,16 +241,12 @@ def raw_runs(sim, root: Path, runs: int) -> dict[str, list[float]]:
     return times
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+def measure(runs: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     root = Path(tempfile.mkdtemp(prefix="vmgahp-vmware-bench-"))
     root.chmod(0o755)
     binary = TOP / ".cache" / "vcsim" / "vcsimlite"
     if not binary.exists():
-        print(f"no simulator at {binary}: run scripts/setup.sh (or scripts/build-vcsim.sh {binary})")
-        return 1
+        raise SystemExit(f"no simulator at {binary}: run scripts/setup.sh (or scripts/build-vcsim.sh {binary})")
     sim = start_vcsim(binary, _make_cert(root / "cert"), root / "vcsim")
     try:
         password = root / "password"
@@ -258,14 +254,37 @@ def main() -> int:
         password.chmod(0o600)
         (root / "warm").mkdir()
         raw_runs(sim, root / "warm", 1)  # imports and the first TLS handshake, on neither side's clock
-        ours = vmgahp_runs(sim, root, password, args.runs)
-        theirs = raw_runs(sim, root, args.runs)
+        ours = vmgahp_runs(sim, root, password, runs)
+        theirs = raw_runs(sim, root, runs)
     finally:
         sim.stop()
         shutil.rmtree(root, ignore_errors=True)
+    return ours, theirs
+
+
+OPERATIONS = ("START (first: login)", "START", "STATUS", "CHECKPOINT")
+
+
+def report_rows(runs: int) -> list:
+    from common import Row
+
+    ours, theirs = measure(runs)
+    rows = []
+    for op in OPERATIONS:
+        a, b = statistics.median(ours[op]), statistics.median(theirs[op.split(" ")[0]])
+        rows.append(Row(f"VMware {op}", a * 1e3, "ms", b * 1e3, "raw pyVmomi, same calls",
+                        note="vcsim on 127.0.0.1" if op == "START" else ""))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    ours, theirs = measure(args.runs)
     print(f"vmware bench: {args.runs} runs against vcsim, medians (STATUS: {5 * args.runs} samples)")
     print(f"{'operation':<22}{'vmgahp':>12}{'raw pyVmomi':>14}{'ratio':>8}")
-    for op in ("START (first: login)", "START", "STATUS", "CHECKPOINT"):
+    for op in OPERATIONS:
         a, b = statistics.median(ours[op]), statistics.median(theirs[op.split(" ")[0]])
         print(f"{op:<22}{a * 1000:>10.1f}ms{b * 1000:>12.1f}ms{a / b:>8.2f}")
     return 0
