@@ -84,6 +84,11 @@ class TestJobAd:
         assert ad.get_int("RequestCpus") == 4
         assert ad.get_str("U") == "a@b"
 
+    def test_a_real_with_no_integer_is_absent(self):
+        """An infinite or NaN real truncates to no integer (int() raised: INTERNAL, not the ad's token)."""
+        ad = JobAd(['I = real("INF")', "B = 1e400", 'N = real("NaN")', "F = 2.9"])
+        assert [ad.get_int(n) for n in ("I", "B", "N", "F")] == [None, None, None, 2]
+
     def test_wrong_types_are_absent(self):
         """A lookup of the wrong type, a missing name or an undefined value gives None."""
         ad = JobAd(['S = "512"', "I = 3", "U = NoSuchAttr", "L = {1, 2}"])

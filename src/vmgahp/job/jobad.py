@@ -11,6 +11,7 @@ HTCondor semantics: names are case-insensitive, integers accept reals
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from vmgahp.job.ad_values import Entry
@@ -47,9 +48,11 @@ class JobAd:
         value = self._value(name)
         if isinstance(value, bool):
             return None
-        if isinstance(value, (int, float)):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value):
             return int(value)
-        return None
+        return None  # a string, UNDEFINED, or a real infinity/NaN (no integer to truncate to)
 
     def get_bool(self, name: str) -> bool | None:
         value = self._value(name)
