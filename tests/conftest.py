@@ -1,7 +1,9 @@
 """Shared pytest setup: a deadline on every test (tests/deadline.py), the libvirtd session fixture (tests/libvirtd_fixture.py), the tiny
-guest (tests/guest_fixture.py) and a private libvirtd for fault tests (tests/private_libvirtd.py)."""
+guest (tests/guest_fixture.py), a private libvirtd for fault tests (tests/private_libvirtd.py) and the vSphere
+simulator (tests/vcsim_fixture.py: tests/vmware and the conformance suite's vmware rig share its sessions)."""
 
 from libvirtd_fixture import *  # noqa: F401,F403
 from guest_fixture import *  # noqa: F401,F403
 from private_libvirtd import *  # noqa: F401,F403
+from vcsim_fixture import *  # noqa: F401,F403
 from deadline import pytest_runtest_protocol  # noqa: F401
