@@ -360,9 +360,8 @@ def _check_saved_vmx(path: Path, name: str) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise JobImageError(f"restore of {name}: cannot read {path}: {exc}") from None
     bad = next((n for n, line in enumerate(lines, 1) if not _VMX_LINE.match(line)), None)
-    if bad is not None or not any(line.strip() for line in lines):
-        raise JobImageError(f"restore of {name}: {path} is not a saved VMX"
-                            + (f" (line {bad})" if bad is not None else " (empty)"))
+    if bad is not None:
+        raise JobImageError(f"restore of {name}: {path} is not a saved VMX (line {bad})")
 
 
 def _unstaged(local: str, names: dict[str, str]) -> str:
