@@ -50,7 +50,8 @@ _JOB_FAULTS = frozenset({"InvalidVmConfig", "InvalidDeviceSpec", "FileNotFound",
 DEADLINE_MARGIN = 5.0  # the driver's deadline ends before the gahp's: a token of ours, not a timeout
 # A local job file that cannot be read is the job's, as a disk libvirt cannot open is.
 _JOB_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-_VMX_LINE = re.compile(r'^\s*(#.*)?$|^\s*[\w.:-]+\s*=\s*"[^"]*"\s*$')  # what a host writes into a VMX
+# A VMX line: blank, a comment or ``key = value`` (a host quotes every value; a hand-written VMX may not).
+_VMX_LINE = re.compile(r"^\s*(#.*)?$|^\s*[\w.:-]+\s*=.*$")
 
 
 def folder_name(vm_name: str) -> str:
@@ -353,8 +354,8 @@ class VMwareHypervisor(Hypervisor):
 
 
 def _check_saved_vmx(path: Path, name: str) -> None:
-    """The saved VMX is the host's own: ``key = "value"`` lines. Anything else is a
-    corrupt state (a register of it may succeed - vcsim's does - and run garbage)."""
+    """The saved VMX is ``key = value`` lines. Anything else is a corrupt state: the
+    job's fault, found before a register that may accept it (vcsim's does)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
