@@ -1,5 +1,6 @@
-"""Fixtures for the VMware vSphere layer: the simulator (vcsim_fixture.py), clients of
-it, and ``job``: a fresh datastore folder of its own on the shared vCenter simulator."""
+"""Fixtures for the VMware vSphere layer: clients of the simulator (whose fixtures,
+tests/vcsim_fixture.py, tests/conftest.py makes visible to every folder), and ``job``:
+a fresh datastore folder of its own on the shared vCenter simulator."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from gahp_rig import client, rig, scratch  # noqa: F401 - the gahp tests' fixtures, visible to every module here
-from vcsim_fixture import *  # noqa: F401,F403
-from vcsim_fixture import Vcsim
 from vsphere_rig import POOL, Job, datastore_dir, new_job  # noqa: F401 - fixtures' helpers
 
+from vcsim_fixture import Vcsim
 from vmgahp.drivers.vmware.errors import Secret
 from vmgahp.drivers.vmware.vsphere import VSphere
 

@@ -152,7 +152,8 @@ class VMwareDomain(Domain):
             log.get().warning("vsphere_cleanup_incomplete", name=self.name, folder=self.folder, detail=exc.message)
         local = tuple(f"{STATE_PREFIX}{n}" for n in names)
         record = {"folder": self.folder, "vmx": vmx, "names": {f"{STATE_PREFIX}{n}": n for n in names},
-                  "snapshot": bool(self.job.snapshot_disk) if self.job else True}
+                  "snapshot": bool(self.job.snapshot_disk) if self.job else True,
+                  "bases": list(self.job.extras.base_disks) if self.job else []}  # what restore_mismatch checks
         return SavedState(local, (), record)
 
     def _child_files(self, listing: list) -> list[str]:

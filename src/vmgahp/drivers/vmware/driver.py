@@ -18,6 +18,7 @@ deadline per operation (``VMWARE_CALL_TIMEOUT``, within the gahp's own).
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import threading
 from pathlib import Path
@@ -47,6 +48,10 @@ FOLDER_PREFIX = "vmgahp-"  # the only datastore folders vmgahp ever deletes
 _JOB_FAULTS = frozenset({"InvalidVmConfig", "InvalidDeviceSpec", "FileNotFound", "InvalidDiskFormat",
                          "InvalidDatastorePath", "FileFault"})
 DEADLINE_MARGIN = 5.0  # the driver's deadline ends before the gahp's: a token of ours, not a timeout
+# A local job file that cannot be read is the job's, as a disk libvirt cannot open is.
+_JOB_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# A VMX line: blank, a comment or ``key = value`` (a host quotes every value; a hand-written VMX may not).
+_VMX_LINE = re.compile(r"^\s*(#.*)?$|^\s*[\w.:-]+\s*=.*$")
 
 
 def folder_name(vm_name: str) -> str:
@@ -95,6 +100,8 @@ class VMwareHypervisor(Hypervisor):
         """A vSphere failure as the contract's kinds: the job's files, or the host."""
         text = str(exc) if str(exc).startswith(what) else f"{what}: {exc}"
         if isinstance(exc, VSphereError) and exc.fault in _JOB_FAULTS:
+            return JobImageError(text)
+        if isinstance(exc, _JOB_FILE_ERRORS):
             return JobImageError(text)
         return HostError(text)
 
@@ -241,6 +248,20 @@ class VMwareHypervisor(Hypervisor):
             log.get().warning("vsphere_undo_incomplete", name=name, folder=folder, detail=str(exc))
 
     # -------------------------------------------------------------- restore
+    def restore_mismatch(self, job: VmJob, state: SavedState) -> str:
+        """Another job's state: its VMX, its base disks or its snapshot mode are not this job's
+        (restore registers the state's VMX over the job's uploaded base disks)."""
+        record, extras = state.record, job.extras
+        mine = Path(extras.vmx).name
+        if record.get("vmx") and record["vmx"] != mine:
+            return f"its VMX is {record['vmx']!r}, this job's is {mine!r}"
+        if "snapshot" in record and bool(record["snapshot"]) != job.snapshot_disk:
+            return (f"it was saved {'with' if record['snapshot'] else 'without'} snapshot disks, "
+                    f"this job has {'them' if job.snapshot_disk else 'none'}")
+        if "bases" in record and list(record["bases"]) != list(extras.base_disks):  # older states: unchecked
+            return f"its base disks are {record['bases']}, this job's are {list(extras.base_disks)}"
+        return ""
+
     def restore(self, job: VmJob, state: SavedState) -> VMwareDomain:
         record = dict(state.record)
         names: dict[str, str] = dict(record.get("names") or {})
@@ -271,6 +292,8 @@ class VMwareHypervisor(Hypervisor):
                 source = work / local
                 if not source.is_file():
                     raise JobImageError(f"restore of {job.name}: {source} is missing")
+                if original == vmx:
+                    _check_saved_vmx(source, job.name)
                 client.upload(where, source, f"{folder}/{original}", deadline)
             self._upload_cdrom(client, where, job, folder, deadline)
             vm = client.register(where, f"{folder}/{vmx}", job.name, deadline)
@@ -328,6 +351,18 @@ class VMwareHypervisor(Hypervisor):
         except VSphereError as exc:
             raise self.failure(exc, f"kill of {name}") from None
         return True
+
+
+def _check_saved_vmx(path: Path, name: str) -> None:
+    """The saved VMX is ``key = value`` lines. Anything else is a corrupt state: the
+    job's fault, found before a register that may accept it (vcsim's does)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobImageError(f"restore of {name}: cannot read {path}: {exc}") from None
+    bad = next((n for n, line in enumerate(lines, 1) if not _VMX_LINE.match(line)), None)
+    if bad is not None:
+        raise JobImageError(f"restore of {name}: {path} is not a saved VMX (line {bad})")
 
 
 def _unstaged(local: str, names: dict[str, str]) -> str:

@@ -43,7 +43,7 @@ __all__ = [
     "vcsim_idle",
 ]
 
-TOP = Path(__file__).resolve().parents[2]
+TOP = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = TOP / "scripts" / "build-vcsim.sh"
 MISSING_TOOL = 3  # build-vcsim.sh: "a build tool is missing"
 START_TIMEOUT = 15.0
