@@ -956,6 +956,14 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
+def support_vms_substitutions() -> dict[str, str]:
+    """The recorded C++ answer "S xen kvm" as vmgahp gives it here: with vmware
+    where pyVmomi is installed (drivers/vmware)."""
+    import importlib.util
+
+    return {"S xen kvm": "S xen kvm vmware"} if importlib.util.find_spec("pyVmomi") is not None else {}
+
+
 def run_transcript(t: Transcript, opts: Options | None = None) -> RunResult:
     """Run one parsed transcript; never raises for daemon misbehaviour."""
     opts = opts or Options()

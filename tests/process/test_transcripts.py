@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ DEVIATIONS: dict[str, str] = {}
 
 # The transcripts (the shared ones verbatim) record the C++ answer "S xen kvm";
 # vmgahp lists vmware too where pyVmomi is installed (drivers/vmware).
-SUPPORT_VMS = ({"S xen kvm": "S xen kvm vmware"} if importlib.util.find_spec("pyVmomi") is not None else {})
+SUPPORT_VMS = tr.support_vms_substitutions()
 if SUPPORT_VMS:
     # A START of a listed type this gahp does not run is accepted (S) and
     # answered NO_SUPPORTED_VM_TYPE, as the C++ does for xen in a kvm gahp (24).

@@ -136,7 +136,7 @@ def test_transcript_06_vm_exits_by_itself(
         until_status=_until_status(libvirt_uri, TRANSCRIPT_06_DOMAIN),
         until_timeout=BOOT_TIMEOUT,
         after_run=after_run,
-        substitutions={"ClusterId = 42": f"ClusterId = {TRANSCRIPT_06_CLUSTER}"},
+        substitutions={"ClusterId = 42": f"ClusterId = {TRANSCRIPT_06_CLUSTER}", **tr.support_vms_substitutions()},
     )
     result = tr.run_transcript(transcript, opts)
     assert result.passed, result.report()
