@@ -23,6 +23,8 @@ golden files in ``tests/golden/xen``, see ``tests/test_xen.py``):
   argument (libxl's ``make_bootloader_args``). ``<bootloader_args>`` is
   not used: libvirt splits it on blanks, which breaks multi-word parameters.
   (The C++ drops the parameters of a bootloader guest.)
+* a bridged NIC carries ``<script path=.../>`` when VM_BRIDGE_SCRIPT names
+  a vif script (``bridge_script.py``); libxl runs it to plug the vif in.
 * HVM (``xen_kernel = vmx``): ``<os><type machine='xenfv'>hvm</type>
   <loader>hvmloader</loader><boot/></os>`` with ACPI/APIC/PAE. (The C++ wrote
   ``<type>linux</type>`` without a kernel, which no Xen can boot.)
@@ -64,19 +66,23 @@ def build_domain_xml(
     domain_type: str = "kvm",
     xen_bootloader: str = "",
     passt: bool = False,
+    xen_bridge_script: str = "",
+    bridge: str = "",
 ) -> str:
     """The domain XML for ``job`` (no XML declaration).
 
     ``domain_type`` is the KVM virt type (``kvm``, or ``qemu`` for software
     emulation); Xen jobs are always ``xen``. ``passt`` says whether a
-    ``user`` NIC may use the passt backend.
+    ``user`` NIC may use the passt backend. ``bridge`` is the host's bridge
+    for a job whose own ``bridge_interface`` is empty; ``xen_bridge_script``
+    the vif script of a Xen bridged NIC.
     """
     if job.vm_type == "xen":
-        root = _xen_domain(job, xen_bootloader)
+        root = _xen_domain(job, xen_bootloader, xen_bridge_script, bridge)
     else:
         if domain_type not in KVM_DOMAIN_TYPES:
             raise DomainXmlError(f"KVM domain type must be one of {KVM_DOMAIN_TYPES}, not {domain_type!r}")
-        root = _kvm_domain(job, domain_type, passt)
+        root = _kvm_domain(job, domain_type, passt, bridge)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -118,7 +124,7 @@ def _hvm_features(root: ET.Element, pae: bool = False) -> None:
         _sub(features, "pae")
 
 
-def _kvm_domain(job: VmJob, domain_type: str, passt: bool) -> ET.Element:
+def _kvm_domain(job: VmJob, domain_type: str, passt: bool, bridge: str = "") -> ET.Element:
     root = _header(domain_type, job)
     _hvm_os(root, job)
     _hvm_features(root)
@@ -126,7 +132,7 @@ def _kvm_domain(job: VmJob, domain_type: str, passt: bool) -> ET.Element:
     devices = _sub(root, "devices")
     for disk in job.disks:
         _disk(devices, disk)
-    _interface(devices, job, virtio=True, passt=passt)
+    _interface(devices, job, virtio=True, passt=passt, bridge=bridge)
     _sub(devices, "serial", type="pty")
     _sub(devices, "console", type="pty")
     if job.vnc_console:
@@ -134,7 +140,7 @@ def _kvm_domain(job: VmJob, domain_type: str, passt: bool) -> ET.Element:
     return root
 
 
-def _xen_domain(job: VmJob, xen_bootloader: str) -> ET.Element:
+def _xen_domain(job: VmJob, xen_bootloader: str, bridge_script: str = "", bridge: str = "") -> ET.Element:
     boot = job.extras
     if boot is None:
         raise DomainXmlError("a Xen job needs its kernel settings (VMPARAM_Xen_Kernel)")
@@ -161,7 +167,7 @@ def _xen_domain(job: VmJob, xen_bootloader: str) -> ET.Element:
     if job.networking_type == "user":
         raise DomainXmlError("Xen has no user networking")
     # Xen picks its own paravirtual NIC; virtio is a KVM device.
-    _interface(devices, job, virtio=False, passt=False)
+    _interface(devices, job, virtio=False, passt=False, script=bridge_script, bridge=bridge)
     if hvm:
         _sub(devices, "serial", type="pty")
     _sub(devices, "console", type="pty")
@@ -197,7 +203,8 @@ def _disk(devices: ET.Element, disk: Disk, xen: bool = False) -> None:
         _sub(el, "readonly")
 
 
-def _interface(devices: ET.Element, job: VmJob, *, virtio: bool, passt: bool) -> None:
+def _interface(devices: ET.Element, job: VmJob, *, virtio: bool, passt: bool, script: str = "",
+               bridge: str = "") -> None:
     kind = job.networking_type
     if not kind:
         return
@@ -208,8 +215,10 @@ def _interface(devices: ET.Element, job: VmJob, *, virtio: bool, passt: bool) ->
         _sub(el, "source", network="default")
     elif kind == "bridge":
         el = _sub(devices, "interface", type="bridge")
-        if job.bridge_interface:
-            _sub(el, "source", bridge=job.bridge_interface)
+        if job.bridge_interface or bridge:
+            _sub(el, "source", bridge=job.bridge_interface or bridge)
+        if script:
+            _sub(el, "script", path=script)
     else:
         el = _sub(devices, "interface", type="user")
     if job.mac:

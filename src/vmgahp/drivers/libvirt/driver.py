@@ -14,6 +14,7 @@ job); a leftover of a crashed gahp is removed by the startd's kill mode.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -61,6 +62,7 @@ class LibvirtHypervisor(Hypervisor):
         self.libvirt, warnings = LibvirtSettings.from_knobs(settings.driver_knobs, vm_type)
         for warning in warnings:
             log.get().warning("config_value_ignored", detail=warning)
+        self._apply_bridge_script()
         self.uri = self.libvirt.uri
         self.connection = LibvirtConnection(self.uri)
         self.capabilities = (
@@ -82,6 +84,29 @@ class LibvirtHypervisor(Hypervisor):
         self.compressor = self.zstd if wants else None
         if wants and self.zstd is None:
             log.get().warning("checkpoint_compression_off", detail="no zstd program on PATH or in /usr/bin")
+
+    def _apply_bridge_script(self) -> None:
+        """VM_BRIDGE_SCRIPT is Xen's; its ``bridge=`` names the bridge when
+        VM_NETWORKING_BRIDGE_INTERFACE does not (bridge_script.py)."""
+        script = self.libvirt.bridge_script
+        if not script:
+            return
+        if self.vm_type != "xen":
+            log.get().warning("bridge_script_ignored", knob=script.knob, vm_type=self.vm_type,
+                              detail="KVM has no vif scripts: libvirt attaches the NIC to "
+                                     "VM_NETWORKING_BRIDGE_INTERFACE itself")
+            return
+        if script.ignored:
+            log.get().warning("bridge_script_words_ignored", knob=script.knob, words=list(script.ignored),
+                              detail="only the script and bridge=NAME have a place in libvirt's XML")
+        configured = self.settings.bridge_interface
+        if script.bridge and not configured:
+            self.settings = dataclasses.replace(self.settings, bridge_interface=script.bridge)
+        elif script.bridge and script.bridge != configured:
+            log.get().warning("bridge_script_bridge_ignored", knob=script.knob, bridge=script.bridge,
+                              used=configured, detail="VM_NETWORKING_BRIDGE_INTERFACE names the bridge")
+        log.get().info("bridge_script", knob=script.knob, script=script.script,
+                       bridge=self.settings.bridge_interface)
 
     def __repr__(self) -> str:
         return f"LibvirtHypervisor({self.vm_type!r}, uri={self.uri!r})"
@@ -161,6 +186,8 @@ class LibvirtHypervisor(Hypervisor):
             job,
             domain_type=self.libvirt.domain_type,
             xen_bootloader=self.libvirt.xen_bootloader,
+            xen_bridge_script=self.libvirt.bridge_script.script if self.vm_type == "xen" else "",
+            bridge=self.settings.bridge_interface,
             passt=job.networking_type == "user" and self.passt_available(),
         )
 
