@@ -43,6 +43,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
+    from vmgahp.drivers.libvirt.firmware import Uefi
     from vmgahp.drivers.libvirt.job_ad import XenBoot
     from vmgahp.job.model import Disk, VmJob
 
@@ -68,6 +69,7 @@ def build_domain_xml(
     passt: bool = False,
     xen_bridge_script: str = "",
     bridge: str = "",
+    uefi: Uefi | None = None,
 ) -> str:
     """The domain XML for ``job`` (no XML declaration).
 
@@ -75,14 +77,17 @@ def build_domain_xml(
     emulation); Xen jobs are always ``xen``. ``passt`` says whether a
     ``user`` NIC may use the passt backend. ``bridge`` is the host's bridge
     for a job whose own ``bridge_interface`` is empty; ``xen_bridge_script``
-    the vif script of a Xen bridged NIC.
+    the vif script of a Xen bridged NIC; ``uefi`` the firmware of a
+    ``firmware = uefi`` KVM job (its NVRAM file is in the working dir).
     """
     if job.vm_type == "xen":
         root = _xen_domain(job, xen_bootloader, xen_bridge_script, bridge)
     else:
         if domain_type not in KVM_DOMAIN_TYPES:
             raise DomainXmlError(f"KVM domain type must be one of {KVM_DOMAIN_TYPES}, not {domain_type!r}")
-        root = _kvm_domain(job, domain_type, passt, bridge)
+        if job.firmware == "uefi" and uefi is None:
+            raise DomainXmlError("a UEFI job needs the host's UEFI firmware")
+        root = _kvm_domain(job, domain_type, passt, bridge, uefi if job.firmware == "uefi" else None)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -103,31 +108,39 @@ def _lifecycle(root: ET.Element) -> None:
     _sub(root, "on_crash", "destroy")
 
 
-def _hvm_os(root: ET.Element, job: VmJob, loader: str = "", machine: str = "") -> None:
+def _hvm_os(root: ET.Element, job: VmJob, loader: str = "", machine: str = "", uefi: Uefi | None = None) -> None:
     os_el = _sub(root, "os")
+    type_attrs = {"arch": uefi.arch} if uefi is not None else {}
+    machine = machine or (uefi.machine if uefi is not None else "")
     if machine:
-        _sub(os_el, "type", "hvm", machine=machine)
-    else:
-        _sub(os_el, "type", "hvm")
+        type_attrs["machine"] = machine
+    _sub(os_el, "type", "hvm", **type_attrs)
     if loader:
         _sub(os_el, "loader", loader)
+    if uefi is not None:
+        # The code is shared and read-only; the variables are the job's own file.
+        from vmgahp.drivers.libvirt.firmware import nvram_path
+
+        _sub(os_el, "loader", uefi.loader, readonly="yes", type="pflash")
+        _sub(os_el, "nvram", nvram_path(job.working_dir), template=uefi.template)
     _sub(os_el, "boot", dev="hd")
     if any(d.is_cdrom for d in job.disks):
         _sub(os_el, "boot", dev="cdrom")
 
 
-def _hvm_features(root: ET.Element, pae: bool = False) -> None:
+def _hvm_features(root: ET.Element, pae: bool = False, apic: bool = True) -> None:
     features = _sub(root, "features")
     _sub(features, "acpi")  # required: without it poweroff leaves the domain running
-    _sub(features, "apic")
+    if apic:  # an x86 device: ARM guests have a GIC instead
+        _sub(features, "apic")
     if pae:
         _sub(features, "pae")
 
 
-def _kvm_domain(job: VmJob, domain_type: str, passt: bool, bridge: str = "") -> ET.Element:
+def _kvm_domain(job: VmJob, domain_type: str, passt: bool, bridge: str = "", uefi: Uefi | None = None) -> ET.Element:
     root = _header(domain_type, job)
-    _hvm_os(root, job)
-    _hvm_features(root)
+    _hvm_os(root, job, uefi=uefi)
+    _hvm_features(root, apic=uefi is None or uefi.arch != "aarch64")
     _lifecycle(root)
     devices = _sub(root, "devices")
     for disk in job.disks:

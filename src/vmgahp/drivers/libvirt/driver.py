@@ -26,7 +26,7 @@ import libvirt
 from vmgahp import log
 from vmgahp.drivers.base import (Capability, DomainState, HostCheckError, HostError, Hypervisor,
                                  HypervisorError, JobImageError, SavedState)
-from vmgahp.drivers.libvirt import images, job_ad, overlays, save_image, state
+from vmgahp.drivers.libvirt import firmware, images, job_ad, overlays, save_image, state
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
 from vmgahp.drivers.libvirt.domain import LibvirtDomain
 from vmgahp.drivers.libvirt.domain_xml import DomainXmlError, build_domain_xml
@@ -189,7 +189,17 @@ class LibvirtHypervisor(Hypervisor):
             xen_bridge_script=self.libvirt.bridge_script.script if self.vm_type == "xen" else "",
             bridge=self.settings.bridge_interface,
             passt=job.networking_type == "user" and self.passt_available(),
+            uefi=self._uefi() if job.firmware == "uefi" else None,
         )
+
+    def _uefi(self) -> firmware.Uefi:
+        """The host's UEFI firmware; missing files are the host's fault (CRITICAL: requeued)."""
+        uefi = firmware.Uefi.for_host(self.libvirt.uefi_loader, self.libvirt.uefi_nvram_template)
+        missing = uefi.missing()
+        if missing:
+            raise DomainXmlError(f"UEFI firmware not readable on this host: {', '.join(missing)} "
+                                 "(install ovmf, or set VM_UEFI_LOADER and VM_UEFI_NVRAM_TEMPLATE)")
+        return uefi
 
     def domain_xml(self, job: VmJob) -> tuple[str, str]:
         """The XML to start ``job`` with and where it came from (``script`` or ``builtin``)."""
@@ -216,7 +226,15 @@ class LibvirtHypervisor(Hypervisor):
         return job_ad.read_job(ad, job, user, self.libvirt)
 
     def prepare(self, job: VmJob, restored: SavedState | None, avoid: frozenset[str] = frozenset()) -> VmJob:
-        return overlays.prepare(job, tops=state.tops(job, restored) if restored else None, avoid=avoid)
+        job = overlays.prepare(job, tops=state.tops(job, restored) if restored else None, avoid=avoid)
+        if job.firmware == "uefi":
+            try:
+                uefi = self._uefi()
+            except DomainXmlError as exc:
+                raise GahpError(tokens.CRITICAL, str(exc)) from exc
+            owner = (job.owner_uid, job.owner_gid if job.owner_gid is not None else job.owner_uid)
+            firmware.prepare_nvram(job.working_dir, uefi, owner if job.owner_uid is not None else None)
+        return job
 
     def finish(self, job: VmJob, output: bool = True) -> None:
         if output:
@@ -337,11 +355,13 @@ class LibvirtHypervisor(Hypervisor):
         """The image's XML with the job's current disk paths, if any moved.
         ``file`` holds the image's header and XML (the image itself, or the
         decompressed start of a compressed one)."""
-        if not job.disks:
+        if not job.disks and job.firmware != "uefi":
             return None
         try:
             saved = self.connection.call(lambda conn: conn.saveImageGetXMLDesc(file, 0), retry=True)
-            return retarget_disks(saved, job.disks)
+            moved = retarget_disks(saved, job.disks)
+            # A UEFI guest's variables moved with the job too.
+            return firmware.retarget_nvram(moved or saved, job.working_dir) or moved
         except (libvirt.libvirtError, DomainXmlParseError) as exc:
             # The restore itself will say what is wrong with the image.
             log.get().debug("save_image_xml_unreadable", path=file, detail=error_message(exc))
