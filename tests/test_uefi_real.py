@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
+import shutil
+import tempfile
 import subprocess
-import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -27,7 +27,8 @@ from uefi_guest import build_efi_image
 pytestmark = pytest.mark.libvirtd
 
 OVMF = ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd")
-TICKS = 40
+TICKS = 60
+MAX_WALL = 40
 SUBMIT = """\
 universe   = vm
 vm_type    = kvm
@@ -45,18 +46,22 @@ KNOBS = {"VM_KVM_LIBVIRT_URI": "qemu:///system", "VM_KVM_DOMAIN_TYPE": "qemu"}
 
 
 @pytest.fixture
-def job(tiny_guest, tmp_path_factory) -> Path:
+def job(tiny_guest) -> Iterator[Path]:
     if not all(os.path.exists(p) for p in OVMF):
         pytest.skip("Debian's ovmf is not installed (scripts/setup.sh installs it)")
-    base = tmp_path_factory.mktemp("seed-uefi")
-    for directory in (base, base.parent, base.parent.parent):
-        os.chmod(directory, 0o755)
+    base = Path(tempfile.mkdtemp(prefix="vmgahp-seed-uefi-", dir="/tmp"))  # the job user must reach it
+    os.chmod(base, 0o755)
+    yield from _in(base, tiny_guest)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _in(base: Path, tiny_guest) -> Iterator[Path]:
     work = base / "job"
     work.mkdir()
     os.chmod(work, 0o755)
     build_efi_image(tiny_guest.vmlinuz, tiny_guest.initrd, work / "efi.img", f"console=ttyS0 quiet tiny.ticks={TICKS}")
     (work / "job.sub").write_text(SUBMIT)
-    return work
+    yield work
 
 
 def _argv(work: Path, name: str, *extra: str) -> list[str]:
@@ -71,32 +76,14 @@ def _scratch(work: Path, name: str) -> Path:
     return next((work.parent / f"{name}.scratch").iterdir())
 
 
-def _last_tick(image: Path) -> int:
-    text = read_guest_file(image, "progress.txt") or ""
-    ticks = re.findall(r"tick (\d+)", text)
-    return int(ticks[-1]) if ticks else 0
-
-
 def test_uefi_guest_boots_checkpoints_and_restores(job: Path, libvirtd) -> None:
     env = h.clean_env(**KNOBS)
-    first = subprocess.Popen(_argv(job, "first"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        overlay = None
-        while time.monotonic() < deadline and first.poll() is None:
-            time.sleep(3)
-            scratch = next(iter(sorted((job.parent / "first.scratch").iterdir())), None)
-            overlay = scratch / "vmgahp-overlay-vda.qcow2" if scratch else None
-            if overlay is not None and overlay.exists() and _last_tick(overlay) >= 3:
-                break
-        else:
-            pytest.fail(f"the UEFI guest never ticked: {first.poll()=}")
-        first.send_signal(signal.SIGINT)  # vacate, as the starter would: checkpoint, then stop
-        out, err = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 130, out + err[-3000:]
+    # Vacated (with a checkpoint) after MAX_WALL s: ticking, or still booting on a
+    # busy machine - the restore must carry on the same boot either way.
+    first = subprocess.run(_argv(job, "first", "--max-wall", str(MAX_WALL)), capture_output=True, text=True,
+                           env=env, timeout=600)
+    out, err = first.stdout, first.stderr
+    assert first.returncode == 124, out + err[-3000:]
     checkpoint = job.parent / "out" / "checkpoint"
     manifest = json.loads((checkpoint / "vmgahp-checkpoint.json").read_text())
     assert "vmgahp-nvram.fd" in manifest["keeps"] and "vmgahp-nvram.fd" in manifest["files"]
@@ -120,7 +107,9 @@ def test_uefi_guest_boots_checkpoints_and_restores(job: Path, libvirtd) -> None:
     shutil_base = job.parent / "out" / "efi.img"
     if not shutil_base.exists():
         os.link(job / "efi.img", shutil_base)  # the base beside the overlay that came back
-    result = read_guest_file(job.parent / "out" / "vmgahp-overlay-vda.2.qcow2", "result.txt") \
-        or read_guest_file(job.parent / "out" / "vmgahp-overlay-vda.qcow2", "result.txt")
-    assert result is not None and "TINY-GUEST DONE rc=0" in result, sorted(os.listdir(job.parent / "out"))
+    back = sorted(p.name for p in (job.parent / "out").iterdir())
+    overlays = [name for name in back if name.startswith("vmgahp-overlay-vda")]
+    assert overlays, back
+    result = read_guest_file(job.parent / "out" / overlays[-1], "result.txt")
+    assert result is not None and "TINY-GUEST DONE rc=0" in result, back
     assert f"ticks={TICKS} boots=1" in result
