@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -163,3 +164,21 @@ def job_ad(conversation: str) -> dict[str, str]:
             name, _, value = line[2:].partition(" = ")
             ad[name] = value
     return ad
+
+
+# ------------------------------------------------------------- a real guest
+def hello_run(tiny_guest, tmp_path_factory, name: str, extra: str = "", cluster: int = 7301) -> tuple[Run, Path]:
+    """examples/hello-vm on a real guest (the machine's libvirtd), ``extra`` added to
+    its submit file; the input image is kept to compare with what came back."""
+    base = tmp_path_factory.mktemp(f"seed-{name}")
+    for directory in (base, base.parent, base.parent.parent):
+        os.chmod(directory, 0o755)  # the job user reaches the shared scratch root through them
+    work = base / name
+    shutil.copytree(TOP / "examples" / "hello-vm", work)
+    text = (work / "hello.sub").read_text()
+    text = text.replace("guest_dir = ../../.cache/tiny-guest", f"guest_dir = {tiny_guest.dir}")
+    (work / "hello.sub").write_text(text.replace("\nqueue", f"\n{extra}\nqueue"))
+    run = run_job(base, "", name=name, sub=work / "hello.sub", max_wall=None, timeout=600,
+                  args=("--cluster-id", str(cluster)),
+                  knobs={"VM_KVM_LIBVIRT_URI": "qemu:///system", "VM_KVM_DOMAIN_TYPE": "qemu"})
+    return run, tiny_guest.boot_img

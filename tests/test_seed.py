@@ -253,26 +253,9 @@ def checkpoint_mac(checkpoint: Path) -> str:
     return ET.fromstring(manifest["driver"]["domain_xml"]).find("devices/interface/mac").get("address")
 
 
-def hello_run(tiny_guest, tmp_path_factory, name: str, extra: str = "", cluster: int = 7301) -> tuple[h.Run, Path]:
-    """examples/hello-vm on a real guest (the machine's libvirtd), ``extra`` added to
-    its submit file; the input image is kept to compare with what came back."""
-    base = tmp_path_factory.mktemp(f"seed-{name}")
-    for directory in (base, base.parent, base.parent.parent):
-        os.chmod(directory, 0o755)  # the job user reaches the shared scratch root through them
-    work = base / name
-    shutil.copytree(TOP / "examples" / "hello-vm", work)
-    text = (work / "hello.sub").read_text()
-    text = text.replace("guest_dir = ../../.cache/tiny-guest", f"guest_dir = {tiny_guest.dir}")
-    (work / "hello.sub").write_text(text.replace("\nqueue", f"\n{extra}\nqueue"))
-    run = h.run_job(base, "", name=name, sub=work / "hello.sub", max_wall=None, timeout=600,
-                    args=("--cluster-id", str(cluster)),
-                    knobs={"VM_KVM_LIBVIRT_URI": "qemu:///system", "VM_KVM_DOMAIN_TYPE": "qemu"})
-    return run, tiny_guest.boot_img
-
-
 @pytest.fixture(scope="module")
 def hello(tiny_guest, libvirtd, tmp_path_factory) -> tuple[h.Run, Path]:
-    return hello_run(tiny_guest, tmp_path_factory, "seed-hello")
+    return h.hello_run(tiny_guest, tmp_path_factory, "seed-hello")
 
 
 @pytest.mark.libvirtd
@@ -300,7 +283,7 @@ def test_a_snapshot_disk_returns_only_the_changes(tiny_guest, libvirtd, tmp_path
     """``+VMPARAM_vm_Snapshot_Disk = true``: the guest writes to a qcow2 overlay on the
     image, and only that overlay comes back - much smaller than the image, and the
     answer is in it (read through its backing file)."""
-    run, original = hello_run(tiny_guest, tmp_path_factory, "seed-snap", "+VMPARAM_vm_Snapshot_Disk = true", 7302)
+    run, original = h.hello_run(tiny_guest, tmp_path_factory, "seed-snap", "+VMPARAM_vm_Snapshot_Disk = true", 7302)
     assert run.code == 0, run.out + run.conversation[-3000:]
     back = sorted(p.name for p in run.output.iterdir())
     assert "boot.img" not in back, back

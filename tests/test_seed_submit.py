@@ -243,9 +243,7 @@ def test_xen_transfer_files_and_kvm_transfer_files(base: Path) -> None:
 def test_vm_no_output_vm(tiny_guest, libvirtd, tmp_path_factory) -> None:
     """The guest runs to its end and nothing of the VM comes back (a real guest: the
     test hypervisor's VMs never power off)."""
-    from test_seed import hello_run
-
-    run, _ = hello_run(tiny_guest, tmp_path_factory, "seed-nooutput", "vm_no_output_vm = true", 7303)
+    run, _ = h.hello_run(tiny_guest, tmp_path_factory, "seed-nooutput", "vm_no_output_vm = true", 7303)
     assert run.code == 0, run.out + run.conversation[-3000:]
     assert run.ad["VMPARAM_No_Output_VM"] == "true"
     assert not run.output.exists() or not any(run.output.iterdir())
