@@ -32,7 +32,7 @@ from pathlib import Path
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "src"))
 
-from vmgahp import log  # noqa: E402
+from vmgahp import log  # noqa: E402 - after the sys.path set-up
 
 
 def _setup(path: str, fmt: str, max_size: int) -> None:
@@ -97,7 +97,7 @@ def file_only(directory: str, kind: str, lines: int) -> float:
 
         write = LogFile(path, LogOptions(max_size=10 * 1024 * 1024, max_num=1)).write
     elif kind == "text file write+flush":
-        handle = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        handle = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - kept open across the benchmark
         text = line.decode()
 
         def write(_data: bytes) -> None:
@@ -119,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     multiprocessing.set_start_method("fork")
     try:
-        import vmgahp.log_file  # noqa: F401
+        import vmgahp.log_file  # noqa: F401 - only: does this checkout have LogFile
         kinds = ("bare os.write", "text file write+flush", "LogFile.write")
     except ImportError:
         kinds = ("bare os.write", "text file write+flush")

@@ -24,9 +24,9 @@ TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests"))
 sys.path.insert(0, str(TOP / "bench"))
 
-from gahp_process import GahpProcess, job_ad  # noqa: E402
-from guest_fixture import TinyGuest, build_tiny_guest, guest_cache_dir  # noqa: E402
-from vm_bench import URI, ensure_libvirtd  # noqa: E402
+from gahp_process import GahpProcess, job_ad  # noqa: E402 - after the sys.path set-up
+from guest_fixture import TinyGuest, build_tiny_guest, guest_cache_dir  # noqa: E402 - after the sys.path set-up
+from vm_bench import URI, ensure_libvirtd  # noqa: E402 - after the sys.path set-up
 
 
 def allocated(path: Path) -> int:

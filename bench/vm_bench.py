@@ -1,194 +1,261 @@
-"""START and CHECKPOINT through vmgahp against the raw libvirt calls.
+"""One VM through vmgahp against the same work done with raw libvirt-python.
 
-    .venv/bin/python bench/vm_bench.py [--runs N] [--memory MIB]
+    python bench/vm_bench.py [--runs N]
 
-Needs a real libvirtd (started here if its socket is not served, stopped by
-pid afterwards) and QEMU. For each run, on the same domain definition:
+On a real libvirtd (started here if its socket is not served) with the tiny
+guest (256 MiB, a real kernel ticking in its RAM), alternating the sides:
 
-* raw: ``createXML(xml)`` then ``save(path)`` with libvirt-python directly;
-* vmgahp: ``CONDOR_VM_START`` and ``CONDOR_VM_CHECKPOINT`` through the daemon
-  process, each timed from the command line to the collected result;
-* STATUS latency while a CHECKPOINT of that running guest is in progress.
+* START: ``CONDOR_VM_START`` to its result, against ``createXML`` of the XML
+  vmgahp builds (target: raw + 10 %);
+* CHECKPOINT: to its result, against libvirt's own ``save`` of the same
+  guest at the same point (target: <= 1.2x), and the bytes each leaves to be
+  shipped (target: <= 1/3);
+* restore: a new gahp in a new directory with the checkpoint's files starts
+  the VM from them, against ``restore`` of libvirt's raw save (<= 1.2x);
+* STATUS while a CHECKPOINT runs;
+* when the CHECKPOINT's result reaches a starter that waits as the real one
+  does (``vm_gahp_server.cpp``: write, 1 s, read; RESULTS, 1 s, read; 2 s
+  between polls), against a stand-in that blocks as the C++ gahp does
+  (bench/blocking_standin.py: it reads no line while a request runs).
 
-Prints medians and the vmgahp/raw ratios (target <= 1.10; STATUS < 50 ms).
-The guest is a blank-disk VM sitting in its BIOS; the save size is its RAM.
+The guest's disk lives outside the scratch directory (a shared filesystem),
+so neither side copies or layers it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-TOP = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TOP / "tests"))
+from common import PYTHON, SYSTEM_URI, TOP, Gahp, Row, ensure_libvirtd, median, node_env, real_config
+from gahp_process import job_ad  # noqa: E402 - the tests' job ad
+from guest_fixture import TinyGuest, guest_cache_dir
+from test_real_guest import wait_for_ticks
 
-from gahp_process import GahpProcess, job_ad  # noqa: E402
-from vmgahp.protocol.client import Notification  # noqa: E402
-
-URI = "qemu:///system"
-SOCKET = "/run/libvirt/libvirt-sock"
-NAME = "bench_vmgahp_42.0"  # not a test's name: tests may share this libvirtd
-
-
-def ensure_libvirtd(work: Path) -> int | None:
-    """Start libvirtd if nobody serves its socket; return the pid we started."""
-    import socket
-
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.connect(SOCKET)
-        return None
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    pid_file = work / "libvirtd.pid"
-    subprocess.run(["libvirtd", "-d", "-p", str(pid_file)], check=True, timeout=30)
-    for _ in range(200):
-        if pid_file.exists() and Path(SOCKET).exists():
-            break
-        time.sleep(0.1)
-    subprocess.run(["virsh", "-c", URI, "version"], check=True, capture_output=True, timeout=120)
-    return int(pid_file.read_text())
+MEMORY = 256
+TICKS = 400  # the guest outlives every measurement
+CHECKPOINT_FILES = ("xen.mem.ckpt", "xen.mem.ckpt.timestamp", "vmgahp-checkpoint.json")
+STANDIN = [PYTHON, str(TOP / "bench" / "blocking_standin.py")]
 
 
-def scratch(memory: int) -> Path:
-    work = Path(tempfile.mkdtemp(prefix="vmgahp-vmbench-"))
-    os.chmod(work, 0o755)
-    disk = work / "disk.img"
-    with open(disk, "wb") as handle:
-        handle.truncate(1 << 20)
-    os.chown(disk, 1000, 1000)
-    return work
+class Place:
+    """A scratch dir as the starter makes it, and a shared dir with the disk."""
+
+    def __init__(self, guest: TinyGuest, cluster: int) -> None:
+        self.cluster = cluster
+        self.scratch = Path(tempfile.mkdtemp(prefix="vmgahp-bench-vm-"))
+        self.shared = Path(tempfile.mkdtemp(prefix="vmgahp-bench-shared-"))
+        for path in (self.scratch, self.shared):
+            os.chmod(path, 0o755)
+        self.disk = guest.boot_disk(self.shared / "tiny.img", ticks=TICKS)
+
+    @property
+    def name(self) -> str:
+        return f"bench_example.org_{self.cluster}.0"
+
+    def ad(self, scratch: Path | None = None) -> list[str]:
+        return job_ad(scratch or self.scratch, disk=f"{self.disk}:vda:w:raw", ClusterId=str(self.cluster),
+                      JobVMMemory=str(MEMORY), JobVMCheckpoint="true", User='"bench@example.org"')
+
+    def remove(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        shutil.rmtree(self.shared, ignore_errors=True)
 
 
-def call_on_r(gahp: GahpProcess, command: str, argument: str) -> tuple[bool, str]:
-    """Send a command, wait for its R (no polling delay), collect the result."""
-    request_id = gahp.submit(command, argument)
-    while not isinstance(gahp.next_event(timeout=300), Notification):
-        pass
-    return gahp.result(request_id)
-
-
-def settle() -> None:
-    time.sleep(1.0)  # let the guest get past the BIOS start-up burst
-
-
-def bench_raw(memory: int) -> tuple[float, float]:
+def destroy(name: str) -> None:
     import libvirt
 
-    from vmgahp.gahp.config import Settings
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # "not found" is the usual answer here
+    conn = libvirt.open(SYSTEM_URI)
+    try:
+        conn.lookupByName(name).destroy()
+    except libvirt.libvirtError:
+        pass
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------- raw
+def raw_side(place: Place) -> dict[str, float]:
+    import libvirt
+
+    from helpers import settings
     from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
     from vmgahp.job.model import Disk, VmJob
 
-    work = scratch(memory)
-    job = VmJob(vm_type="kvm", name=NAME, working_dir=str(work), memory_mib=memory,
-                disks=(Disk(path=str(work / "disk.img"), device="vda", permission="w", format="raw"),))
-    settings = Settings(vm_memory=4096, kvm_uri=URI, kvm_domain_type="qemu")
-    xml = LibvirtHypervisor(settings, "kvm").builtin_xml(job)  # the same XML vmgahp builds
-    conn = libvirt.open(URI)
+    job = VmJob(vm_type="kvm", name=place.name, working_dir=str(place.scratch), memory_mib=MEMORY,
+                disks=(Disk(path=str(place.disk), device="vda", permission="w", format="raw"),))
+    hv = LibvirtHypervisor(settings(VM_KVM_LIBVIRT_URI=SYSTEM_URI, VM_KVM_DOMAIN_TYPE="qemu", VM_MEMORY="4096"),
+                           "kvm")
+    xml = hv.builtin_xml(job)  # the XML vmgahp sends
+    hv.close()
+    conn = libvirt.open(SYSTEM_URI)
+    save = place.scratch / "raw.save"
     try:
         began = time.perf_counter()
         dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_VALIDATE)
         start = time.perf_counter() - began
-        settle()
+        wait_for_ticks(place.disk, 2, timeout=180)
         began = time.perf_counter()
-        # The call vmgahp makes: the image comes back running after a restore.
-        dom.saveFlags(str(work / "raw.save"), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
-        save = time.perf_counter() - began
+        dom.saveFlags(str(save), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+        saved = time.perf_counter() - began
+        size = save.stat().st_size
+        began = time.perf_counter()
+        conn.restoreFlags(str(save), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+        restored = time.perf_counter() - began
     finally:
-        try:
-            conn.lookupByName(NAME).destroy()
-        except libvirt.libvirtError:
-            pass
+        destroy(place.name)
         conn.close()
-        shutil.rmtree(work, ignore_errors=True)
-    return start, save
+    return {"start": start, "checkpoint": saved, "bytes": size, "restore": restored}
 
 
-def bench_gahp(memory: int) -> tuple[float, float, float]:
-    work = scratch(memory)
-    gahp = GahpProcess(work, VM_KVM_LIBVIRT_URI=URI, VM_KVM_DOMAIN_TYPE="qemu", VM_MEMORY="4096")
+# ----------------------------------------------------------------- vmgahp
+def _gahp(place: Place, scratch: Path, config: Path, argv: list[str] | None = None) -> Gahp:
+    gahp = Gahp(node_env(config, scratch, VM_GAHP_LOG=str(scratch / "vmgahp.log")), scratch, argv)
+    gahp.handshake()
+    gahp.send_ad(place.ad(scratch))
+    return gahp
+
+
+def timed_call(gahp: Gahp, command: str, argument: str, expect: str) -> float:
+    began = time.perf_counter()
+    ok, text = gahp.call(command, argument)
+    took = time.perf_counter() - began
+    assert (ok, text) == (True, expect), (command, ok, text)
+    return took
+
+
+def gahp_side(place: Place, config: Path) -> dict[str, float]:
+    gahp = _gahp(place, place.scratch, config)
+    again = Path(tempfile.mkdtemp(prefix="vmgahp-bench-restart-"))
+    os.chmod(again, 0o755)
+    restart: Gahp | None = None
     try:
-        gahp.handshake()
-        # The disk stays where it is (a shared filesystem, as the C++ requires
-        # for checkpoints): no overlay, so both sides do the same work.
-        shared = work / "shared"
-        shared.mkdir(mode=0o755)
-        os.replace(work / "disk.img", shared / "disk.img")
-        gahp.send_ad(job_ad(work, disk=f"{shared}/disk.img:vda:w:raw", JobVMMemory=str(memory),
-                            JobVMCheckpoint="true", User='"bench@vmgahp"'))
-        gahp.call("CONDOR_VM_STATUS", "9")  # load the request machinery first
-        time.sleep(1.0)  # the starter sleeps 1 s after every line it writes
-        began = time.perf_counter()
-        assert call_on_r(gahp, "CONDOR_VM_START", "kvm") == (True, "1")
-        start = time.perf_counter() - began
-        settle()
-        began = time.perf_counter()
-        assert call_on_r(gahp, "CONDOR_VM_CHECKPOINT", "1") == (True, "NULL")
-        checkpoint = time.perf_counter() - began
-        # A second checkpoint, with a STATUS sent while it saves.
-        assert call_on_r(gahp, "CONDOR_VM_RESUME", "1") == (True, "NULL")
-        settle()
-        checkpoint_id = gahp.submit("CONDOR_VM_CHECKPOINT", "1")
+        gahp.call("CONDOR_VM_STATUS", "9")  # the request path is loaded, as after the starter's first STATUS
+        start = timed_call(gahp, "CONDOR_VM_START", "kvm", "1")
+        wait_for_ticks(place.disk, 2, timeout=180)
+        checkpoint = timed_call(gahp, "CONDOR_VM_CHECKPOINT", "1", "NULL")
+        size = sum((place.scratch / name).stat().st_size for name in CHECKPOINT_FILES)
+        for name in CHECKPOINT_FILES:  # the starter's upload and its download on the next node
+            shutil.copy2(place.scratch / name, again / name)
+            os.chown(again / name, 1000, 1000)
+        gahp.close()
+        restart = _gahp(place, again, config)
+        restore = timed_call(restart, "CONDOR_VM_START", "kvm", "1")
+        # STATUS while the restored VM is checkpointed again.
+        request_id, _ = restart.request("CONDOR_VM_CHECKPOINT", "1")
         time.sleep(0.05)
-        status_began = time.perf_counter()
-        ok, text = gahp.call("CONDOR_VM_STATUS", "1")
-        status = time.perf_counter() - status_began
-        assert ok, text
-        assert gahp.result(checkpoint_id, timeout=120) == (True, "NULL")
-        gahp.reply("QUIT")
-        gahp.wait()
-        # The libvirt save call alone, as the gahp timed it (first checkpoint).
-        saves = [json.loads(line).get("seconds") for line in (work / "vmgahp.log").read_text().splitlines()
-                 if '"domain_saved"' in line]
-        inner = float(saves[0])
+        status = timed_call_status(restart)
+        while restart.client.take(request_id) is None:
+            restart.event()
+            restart.ask("RESULTS")
     finally:
-        gahp.kill()
-        shutil.rmtree(work, ignore_errors=True)
-    return start, checkpoint, status, inner
+        if restart is not None:
+            restart.close()
+        gahp.close()
+        destroy(place.name)
+        shutil.rmtree(again, ignore_errors=True)
+    return {"start": start, "checkpoint": checkpoint, "bytes": size, "restore": restore, "status": status}
+
+
+def timed_call_status(gahp: Gahp) -> float:
+    began = time.perf_counter()
+    ok, text = gahp.call("CONDOR_VM_STATUS", "1")
+    assert ok, text
+    return time.perf_counter() - began
+
+
+# ------------------------------------------------- the starter's blocking wait
+def starter_wait(gahp: Gahp, command: str, argument: str) -> float:
+    """Seconds from the command's line to its result in the starter's hands."""
+    began = time.perf_counter()
+    request_id, data = gahp.client.request(command, argument)
+    assert gahp.proc.stdin is not None
+    gahp.proc.stdin.write(data)
+    time.sleep(1.0)
+    gahp.event()  # its S
+    time.sleep(1.0)  # getPendingResult, blocking
+    while True:
+        gahp.send("RESULTS")
+        time.sleep(1.0)
+        while not hasattr(gahp.event(), "words"):
+            pass  # R lines: one more poll, which this loop is anyway
+        found = gahp.client.take(request_id)
+        if found is not None:
+            assert found.ok, found.text
+            return time.perf_counter() - began
+        time.sleep(2.0)
+
+
+def result_latency(place: Place, config: Path, argv: list[str] | None) -> float:
+    gahp = _gahp(place, place.scratch, config, argv)
+    try:
+        assert gahp.call("CONDOR_VM_START", "kvm") == (True, "1")
+        wait_for_ticks(place.disk, 2, timeout=180)
+        return starter_wait(gahp, "CONDOR_VM_CHECKPOINT", "1")
+    finally:
+        gahp.close()
+        destroy(place.name)
+
+
+# ------------------------------------------------------------------ report
+def report_rows(runs: int) -> list[Row]:
+    started = ensure_libvirtd()
+    guest = TinyGuest.at(guest_cache_dir())
+    config = real_config(SYSTEM_URI)
+    raw, ours, direct, blocking = [], [], [], []
+    try:
+        for index in range(runs):
+            for side, results in ((raw_side, raw), (gahp_side, ours)):
+                place = Place(guest, 900_000 + index)
+                try:
+                    results.append(side(place) if side is raw_side else side(place, config))
+                finally:
+                    place.remove()
+            for argv, results in ((None, direct), (STANDIN, blocking)):
+                place = Place(guest, 900_100 + index)
+                try:
+                    results.append(result_latency(place, config, argv))
+                finally:
+                    place.remove()
+    finally:
+        shutil.rmtree(config.parent, ignore_errors=True)
+        if started:
+            os.kill(started, 15)
+
+    def med(results: list[dict[str, float]], key: str) -> float:
+        return median([r[key] for r in results])
+
+    rows = []
+    for key, what, target, limit in (("start", "START -> result", "<= 1.1x", 1.1),
+                                     ("checkpoint", "CHECKPOINT -> result", "<= 1.2x", 1.2),
+                                     ("restore", "restart from the checkpoint", "<= 1.2x", 1.2)):
+        ours_s, raw_s = med(ours, key), med(raw, key)
+        rows.append(Row(what, ours_s * 1e3, "ms", raw_s * 1e3, f"raw libvirt {key}", target, ours_s <= limit * raw_s))
+    ours_b, raw_b = med(ours, "bytes"), med(raw, "bytes")
+    rows.append(Row("bytes shipped per checkpoint", ours_b / 2**20, "MiB", raw_b / 2**20, "raw libvirt save",
+                    "<= 1/3", ours_b * 3 <= raw_b))
+    status = med(ours, "status")
+    rows.append(Row("STATUS during a CHECKPOINT", status * 1e3, "ms", target="< 50 ms", met=status < 0.05))
+    rows.append(Row("CHECKPOINT result at a polling starter", median(direct), "s", median(blocking),
+                    "blocking C++-like stand-in", "<= 1.0x", median(direct) <= median(blocking) + 0.05,
+                    "the starter's 1 s / 2 s rhythm included"))
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--memory", type=int, default=256, help="guest RAM in MiB (the save size)")
     args = parser.parse_args()
-    control = Path(tempfile.mkdtemp(prefix="vmgahp-libvirtd-"))
-    started = ensure_libvirtd(control)
-    try:
-        raw, ours = [], []
-        for _ in range(args.runs):  # interleaved, so drift hits both sides alike
-            raw.append(bench_raw(args.memory))
-            ours.append(bench_gahp(args.memory))
-    finally:
-        if started:
-            os.kill(started, 15)
-        shutil.rmtree(control, ignore_errors=True)
-    raw_start = statistics.median(r[0] for r in raw)
-    raw_save = statistics.median(r[1] for r in raw)
-    our_start = statistics.median(o[0] for o in ours)
-    our_ckpt = statistics.median(o[1] for o in ours)
-    status = statistics.median(o[2] for o in ours)
-    overhead = statistics.median(o[1] - o[3] for o in ours)
-    print(f"guest RAM {args.memory} MiB, {args.runs} runs, medians")
-    print(f"START       raw createXML {raw_start * 1e3:8.1f} ms   vmgahp {our_start * 1e3:8.1f} ms   "
-          f"ratio {our_start / raw_start:5.2f} (target <= 1.10)")
-    print(f"CHECKPOINT  raw save      {raw_save * 1e3:8.1f} ms   vmgahp {our_ckpt * 1e3:8.1f} ms   "
-          f"ratio {our_ckpt / raw_save:5.2f} (target <= 1.10)")
-    print(f"  vmgahp's own share of its CHECKPOINT (wall time minus its libvirt save call): "
-          f"{overhead * 1e3:.1f} ms; the save call itself varies run to run by hundreds of ms")
-    print(f"STATUS during CHECKPOINT  {status * 1e3:8.1f} ms   (target < 50 ms)")
+    from report import print_rows
+
+    print_rows(report_rows(args.runs))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

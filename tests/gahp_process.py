@@ -21,7 +21,9 @@ from vmgahp.protocol.client import NEED_DATA, GahpClient, Notification, Results
 from vmgahp.protocol.env import gahp_environment
 
 TOP = Path(__file__).resolve().parents[1]
-VMGAHP = TOP / ".venv" / "bin" / "vmgahp"  # the installed entry point (tests of the script itself)
+# The installed entry-point script, next to this interpreter: for the tests that
+# run the gahp as condor_starter does (VM_GAHP_SERVER names one executable).
+VMGAHP = Path(sys.executable).parent / "vmgahp"
 GAHP_ARGV = (sys.executable, "-m", "vmgahp")  # this interpreter's vmgahp, wherever the venv is
 
 
@@ -140,9 +142,14 @@ class GahpProcess:
         return event
 
     def collect(self) -> set[int]:
-        """One RESULTS poll; the ids whose results have arrived and are not yet taken."""
+        """One RESULTS poll that does not wait; the ids whose results have
+        arrived and are not yet taken. With requests running and nothing to
+        report the gahp holds a RESULTS (docs/protocol.md); the VERSION right
+        behind it releases it at once."""
         self.send("RESULTS")
+        self.send("VERSION")
         assert isinstance(self._answer(30.0), Results)
+        assert self._answer(30.0).line.startswith("S")
         return set(self.client.results)
 
     def result(self, request_id: int, timeout: float = 60.0) -> tuple[bool, str]:

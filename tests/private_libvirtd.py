@@ -407,7 +407,7 @@ def _skip_reason() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (run scripts/setup.sh)"
     try:
-        import libvirt  # noqa: F401
+        import libvirt  # noqa: F401 - only: is libvirt-python importable
     except ImportError:
         return "libvirt-python is not installed"
     return None

@@ -126,7 +126,8 @@ class TestKeywords:
 
     def test_match_kept_verbatim(self):
         """The match string is kept as given (it is a domain name)."""
-        assert parse_argv(["-M", "4", "vmtype", "kvm", "match", "Alice_Example.org_42.0"]).match == "Alice_Example.org_42.0"
+        argv = ["-M", "4", "vmtype", "kvm", "match", "Alice_Example.org_42.0"]
+        assert parse_argv(argv).match == "Alice_Example.org_42.0"
 
     @pytest.mark.parametrize(
         "argv",

@@ -41,3 +41,23 @@ def test_nothing_heavy_before_the_banner(tmp_path: Path) -> None:
     assert "vmgahp.gahp.daemon" in loaded  # it did get that far
     heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY)
     assert heavy == [], heavy
+
+
+HOST_CHECK = r'''
+import json, sys
+from vmgahp.gahp.condor_param import read_knobs
+from vmgahp.gahp.startup import _check_host
+_check_host("kvm", read_knobs("kvm"))
+print(json.dumps(sorted(sys.modules)))
+'''
+
+
+def test_the_host_check_loads_no_job_model(tmp_path: Path) -> None:
+    """The host check (before every banner and probe) needs libvirt and the
+    configuration, not the job model: pydantic's ~50 ms come at the job ad."""
+    done = subprocess.run([sys.executable, "-c", HOST_CHECK], env=gahp_env(tmp_path), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout))
+    assert "libvirt" in loaded  # it did check the host
+    assert sorted(m for m in loaded if m.split(".")[0] in ("pydantic", "pydantic_core", "classad2", "pycdlib")) == []

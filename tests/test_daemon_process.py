@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from faults import FreezableProxy, silent_socket
-from gahp_process import VMGAHP, GahpProcess, gahp_env, job_ad
+from gahp_process import GAHP_ARGV, GahpProcess, gahp_env, job_ad
 
 VM_NAME = "alice_example.org_42.0"
 
@@ -91,7 +91,7 @@ def test_probe_gives_up_on_a_hung_libvirt_within_the_startd_budget(work: Path, t
     with silent_socket(tmp_path / "hung.sock") as uri:
         began = time.monotonic()
         done = subprocess.run(
-            [str(VMGAHP), "-f", "-M", "0", "vmtype", "kvm"],
+            [*GAHP_ARGV, "-f", "-M", "0", "vmtype", "kvm"],
             env=gahp_env(work, VM_KVM_LIBVIRT_URI=uri),
             capture_output=True,
             timeout=30,
@@ -107,7 +107,7 @@ def test_server_mode_refuses_to_start_on_a_hung_libvirt(work: Path, tmp_path: Pa
     """No banner, exit 1 when the host check cannot reach the hypervisor."""
     with silent_socket(tmp_path / "hung.sock") as uri:
         done = subprocess.run(
-            [str(VMGAHP), "-f", "-M", "3"],
+            [*GAHP_ARGV, "-f", "-M", "3"],
             env=gahp_env(work, VM_KVM_LIBVIRT_URI=uri, VMGAHP_WORKING_DIR=str(work)),
             input=b"COMMANDS\r\n",
             capture_output=True,
@@ -161,7 +161,7 @@ def test_kill_mode_destroys_the_named_domain(work: Path, gahps: list, libvirt_ur
     gahp.kill()  # SIGKILL: the gahp cannot clean up
     assert VM_NAME in _domain_names(libvirt_uri)
     done = subprocess.run(
-        [str(VMGAHP), "-f", "-M", "4", "vmtype", "kvm", "match", VM_NAME],
+        [*GAHP_ARGV, "-f", "-M", "4", "vmtype", "kvm", "match", VM_NAME],
         env=gahp_env(work, VM_KVM_LIBVIRT_URI=libvirt_uri),
         capture_output=True,
         timeout=60,
@@ -206,7 +206,9 @@ def test_hung_libvirt_fails_the_request_and_orphans_nothing(
 
 
 @pytest.mark.libvirtd
-def test_an_image_qemu_cannot_open_holds_the_job_and_leaves_no_domain(work: Path, gahps: list, libvirt_uri: str) -> None:
+def test_an_image_qemu_cannot_open_holds_the_job_and_leaves_no_domain(
+    work: Path, gahps: list, libvirt_uri: str
+) -> None:
     """A disk declared qcow2 that is not one: BAD_IMAGE (a hold), a log line, no domain left."""
     gahp = GahpProcess(work, VM_KVM_LIBVIRT_URI=libvirt_uri, VM_KVM_DOMAIN_TYPE="qemu")
     gahps.append(gahp)
@@ -237,6 +239,22 @@ def test_one_version_on_the_wire(tmp_path: Path) -> None:
                            env=gahp_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert f'VM_GAHP_VERSION = "{version}"' in probe.stdout.splitlines()
+
+
+@pytest.mark.parametrize("stdin", ["/dev/null", "file"])
+def test_stdin_that_epoll_refuses_is_read_to_its_end(tmp_path: Path, stdin: str) -> None:
+    """A gahp run by hand with stdin from /dev/null or a file (epoll refuses
+    both) answers what it reads and ends cleanly at EOF - no crash."""
+    source = tmp_path / "lines"
+    source.write_bytes(b"COMMANDS\r\nVERSION\r\n")
+    with open(stdin if stdin == "/dev/null" else source, "rb") as handle:
+        done = subprocess.run([sys.executable, "-m", "vmgahp", "-f", "-M", "3"], stdin=handle,
+                              env=gahp_env(tmp_path), cwd=tmp_path, capture_output=True, timeout=60)
+    lines = done.stdout.decode().splitlines()
+    assert done.returncode == 0, (done.stderr, (tmp_path / "vmgahp.log").read_text()[-2000:])
+    assert lines[0].startswith("$VMGahpVersion ")
+    assert len(lines) == (1 if stdin == "/dev/null" else 3)
+    assert "daemon_crashed" not in (tmp_path / "vmgahp.log").read_text()
 
 
 @pytest.mark.libvirtd

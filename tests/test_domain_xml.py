@@ -324,8 +324,8 @@ def test_hostile_job_ad_strings_reach_the_xml_intact(tmp_path: Path, test_conn: 
     """Quotes, <, &, ', a backslash-n and non-ASCII in every string attribute that
     reaches the domain XML, from the job ad through build_job: the document is
     schema-valid on libvirt's test driver and each value means what the job said."""
-    from vmgahp.job.model import build_job
     from vmgahp.job.jobad import JobAd
+    from vmgahp.job.model import build_job
     from vmgahp.job.networking import NetworkPlan
 
     def ad_string(text: str) -> str:  # old ClassAd syntax, as the starter prints it

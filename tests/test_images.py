@@ -36,7 +36,8 @@ def job(work: Path, *disks: tuple[str, str], uid: int | None = UID) -> SimpleNam
     """The parts of a VmJob the check reads; disks as (path, format)."""
     return SimpleNamespace(
         working_dir=str(work), owner_uid=uid, owner_gid=uid,
-        disks=tuple(SimpleNamespace(path=str(p), format=f, device=f"vd{chr(97 + i)}") for i, (p, f) in enumerate(disks)),
+        disks=tuple(SimpleNamespace(path=str(p), format=f, device=f"vd{chr(97 + i)}")
+                    for i, (p, f) in enumerate(disks)),
     )
 
 

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from vmgahp import errors
-from vmgahp.job.access import JobUser, can_access, job_user_from_env
-from vmgahp.gahp.config import Settings
-from vmgahp.errors import GahpError
 from helpers import settings
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
-from vmgahp.job.model import MIN_MEMORY_MIB, VmJob, build_job
+from vmgahp.errors import GahpError
+from vmgahp.gahp.config import Settings
+from vmgahp.job.access import JobUser, can_access, job_user_from_env
 from vmgahp.job.jobad import JobAd
+from vmgahp.job.model import MIN_MEMORY_MIB, VmJob, build_job
 from vmgahp.job.networking import NetworkPlan
+from vmgahp.protocol import tokens
 
 NO_NET = NetworkPlan((), "")
 NAT_BRIDGE = NetworkPlan(("nat", "bridge"), "nat")
@@ -71,7 +71,8 @@ class TestJobAd:
         """An integer lookup of a real value truncates toward zero."""
         assert JobAd([f"X = {text}"]).get_int("X") == value
 
-    @pytest.mark.parametrize("text,value", [("1", True), ("0", False), ("0.0", False), ("2.5", True), ("-1", True), ("true", True), ("FALSE", False)])
+    @pytest.mark.parametrize("text,value", [("1", True), ("0", False), ("0.0", False), ("2.5", True), ("-1", True),
+                                            ("true", True), ("FALSE", False)])
     def test_booleans_from_numbers(self, text, value):
         """A boolean lookup accepts booleans and numbers (non-zero is true)."""
         assert JobAd([f"X = {text}"]).get_bool("X") is value
@@ -209,12 +210,12 @@ class TestKvmValid:
 class TestMemory:
     def test_missing(self, workdir):
         """Neither JobVMMemory nor RequestMemory: NO_VM_MEMORY_PARAM."""
-        assert token_of(workdir, JobVMMemory=None) == errors.JOBCLASSAD_NO_VM_MEMORY_PARAM
+        assert token_of(workdir, JobVMMemory=None) == tokens.JOBCLASSAD_NO_VM_MEMORY_PARAM
 
     @pytest.mark.parametrize("value", ["0", "-5", "1025", "100000"])
     def test_too_much_or_not_positive(self, workdir, value):
         """Memory <= 0 or above VM_MEMORY: TOO_MUCH_MEMORY_REQUEST."""
-        assert token_of(workdir, JobVMMemory=value) == errors.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
+        assert token_of(workdir, JobVMMemory=value) == tokens.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
 
     def test_exactly_vm_memory_allowed(self, workdir):
         """A request equal to VM_MEMORY is allowed."""
@@ -226,7 +227,7 @@ class TestMemory:
 
     def test_request_memory_fallback_checked(self, workdir):
         """The RequestMemory fallback is checked against VM_MEMORY too."""
-        assert token_of(workdir, JobVMMemory=None, RequestMemory="2048") == errors.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
+        assert token_of(workdir, JobVMMemory=None, RequestMemory="2048") == tokens.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
 
     def test_job_vm_memory_wins(self, workdir):
         """JobVMMemory takes precedence over RequestMemory when both are present."""
@@ -234,7 +235,7 @@ class TestMemory:
 
     def test_zero_job_vm_memory_not_replaced_by_request_memory(self, workdir):
         """A present JobVMMemory of 0 is rejected, not replaced by RequestMemory."""
-        assert token_of(workdir, JobVMMemory="0", RequestMemory="256") == errors.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
+        assert token_of(workdir, JobVMMemory="0", RequestMemory="256") == tokens.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
 
     def test_expression_memory(self, workdir):
         """Memory given as an expression is evaluated."""
@@ -272,13 +273,13 @@ class TestVcpus:
 class TestNetworking:
     def test_mismatched_networking(self, workdir):
         """The job wants networking but it is off on this host: MISMATCHED_NETWORKING."""
-        assert token_of(workdir, JobVMNetworking="true") == errors.JOBCLASSAD_MISMATCHED_NETWORKING
+        assert token_of(workdir, JobVMNetworking="true") == tokens.JOBCLASSAD_MISMATCHED_NETWORKING
 
     def test_mismatched_networking_type(self, workdir):
         """The job's type is not offered: MISMATCHED_NETWORKING_TYPE."""
         plan = NetworkPlan(("nat",), "nat")
         token = token_of(workdir, network=plan, JobVMNetworking="true", JobVMNetworkingType='"bridge"')
-        assert token == errors.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE
+        assert token == tokens.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE
 
     def test_default_type(self, workdir):
         """Without JobVMNetworkingType the resolved default type is used."""
@@ -306,22 +307,22 @@ class TestNetworking:
 
     def test_networking_from_number(self, workdir):
         """JobVMNetworking = 1 counts as true."""
-        assert token_of(workdir, JobVMNetworking="1") == errors.JOBCLASSAD_MISMATCHED_NETWORKING
+        assert token_of(workdir, JobVMNetworking="1") == tokens.JOBCLASSAD_MISMATCHED_NETWORKING
 
 
 class TestNameAndVt:
     @pytest.mark.parametrize("missing", ["User", "ClusterId", "ProcId"])
     def test_critical_without_name_parts(self, workdir, missing):
         """Without User, ClusterId or ProcId the VM name cannot be built: CRITICAL."""
-        assert token_of(workdir, **{missing: None}) == errors.CRITICAL
+        assert token_of(workdir, **{missing: None}) == tokens.CRITICAL
 
     def test_critical_with_string_cluster(self, workdir):
         """A non-integer ClusterId also makes the name impossible: CRITICAL."""
-        assert token_of(workdir, ClusterId='"x"') == errors.CRITICAL
+        assert token_of(workdir, ClusterId='"x"') == tokens.CRITICAL
 
     def test_hardware_vt_mismatch(self, workdir):
         """The job needs hardware VT but VM_HARDWARE_VT is off: MISMATCHED_HARDWARE_VT."""
-        assert token_of(workdir, JobVMHardwareVT="true") == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
+        assert token_of(workdir, JobVMHardwareVT="true") == tokens.JOBCLASSAD_MISMATCHED_HARDWARE_VT
 
     def test_hardware_vt_ok(self, workdir):
         """With VM_HARDWARE_VT on, a job needing it passes."""
@@ -332,12 +333,12 @@ class TestNameAndVt:
 class TestDisks:
     def test_missing_disk(self, workdir):
         """No VMPARAM_vm_Disk: KVM_NO_DISK_PARAM."""
-        assert token_of(workdir, VMPARAM_vm_Disk=None) == errors.KVM_NO_DISK_PARAM
+        assert token_of(workdir, VMPARAM_vm_Disk=None) == tokens.KVM_NO_DISK_PARAM
 
     @pytest.mark.parametrize("value", ['""', '"   "'])
     def test_empty_disk(self, workdir, value):
         """An empty or blank VMPARAM_vm_Disk counts as missing: KVM_NO_DISK_PARAM."""
-        assert token_of(workdir, VMPARAM_vm_Disk=value) == errors.KVM_NO_DISK_PARAM
+        assert token_of(workdir, VMPARAM_vm_Disk=value) == tokens.KVM_NO_DISK_PARAM
 
     @pytest.mark.parametrize(
         "disk",
@@ -353,7 +354,7 @@ class TestDisks:
     )
     def test_invalid_disk(self, workdir, disk):
         """A malformed, relative non-transferred or missing disk: KVM_INVALID_DISK_PARAM."""
-        assert token_of(workdir, VMPARAM_vm_Disk=f'"{disk}"') == errors.KVM_INVALID_DISK_PARAM
+        assert token_of(workdir, VMPARAM_vm_Disk=f'"{disk}"') == tokens.KVM_INVALID_DISK_PARAM
 
     def test_trailing_colon_valid(self, workdir):
         """'a.img:vda:w:' has 3 fields after skipping the empty one and is valid."""
@@ -402,7 +403,7 @@ class TestDisks:
 
     def test_checkpoint_with_transferred_disk(self, workdir):
         """Checkpointing with a transferred disk: KVM_MISMATCHED_CHECKPOINT."""
-        assert token_of(workdir, JobVMCheckpoint="true") == errors.KVM_MISMATCHED_CHECKPOINT
+        assert token_of(workdir, JobVMCheckpoint="true") == tokens.KVM_MISMATCHED_CHECKPOINT
 
     def test_checkpoint_with_shared_disks(self, workdir, shared):
         """Checkpointing with only shared-filesystem disks is accepted."""
@@ -418,7 +419,7 @@ class TestDisks:
     def test_read_permission_on_missing_transfer(self, workdir):
         """A transferred file that vanished is not found and is invalid."""
         (workdir / "a.img").unlink()
-        assert token_of(workdir) == errors.KVM_INVALID_DISK_PARAM
+        assert token_of(workdir) == tokens.KVM_INVALID_DISK_PARAM
 
 
 class TestKvmOrder:
@@ -426,34 +427,35 @@ class TestKvmOrder:
 
     def test_memory_before_disk(self, workdir):
         """An ad failing memory and disk gets the memory token."""
-        assert token_of(workdir, JobVMMemory="5000", VMPARAM_vm_Disk=None) == errors.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
+        assert token_of(workdir, JobVMMemory="5000", VMPARAM_vm_Disk=None) == tokens.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
 
     def test_memory_before_networking(self, workdir):
         """Memory is checked before networking."""
-        assert token_of(workdir, JobVMMemory=None, JobVMNetworking="true") == errors.JOBCLASSAD_NO_VM_MEMORY_PARAM
+        assert token_of(workdir, JobVMMemory=None, JobVMNetworking="true") == tokens.JOBCLASSAD_NO_VM_MEMORY_PARAM
 
     def test_networking_before_name(self, workdir):
         """Networking is checked before the VM name."""
-        assert token_of(workdir, JobVMNetworking="true", User=None) == errors.JOBCLASSAD_MISMATCHED_NETWORKING
+        assert token_of(workdir, JobVMNetworking="true", User=None) == tokens.JOBCLASSAD_MISMATCHED_NETWORKING
 
     def test_networking_type_before_name(self, workdir):
         """The networking type is checked before the VM name."""
         plan = NetworkPlan(("nat",), "nat")
         token = token_of(workdir, network=plan, JobVMNetworking="true", JobVMNetworkingType='"user"', User=None)
-        assert token == errors.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE
+        assert token == tokens.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE
 
     def test_name_before_hardware_vt(self, workdir):
         """The VM name is checked before hardware VT."""
-        assert token_of(workdir, ProcId=None, JobVMHardwareVT="true") == errors.CRITICAL
+        assert token_of(workdir, ProcId=None, JobVMHardwareVT="true") == tokens.CRITICAL
 
     def test_hardware_vt_before_disk(self, workdir):
         """Hardware VT is checked before the disks."""
-        assert token_of(workdir, JobVMHardwareVT="true", VMPARAM_vm_Disk=None) == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
+        token = token_of(workdir, JobVMHardwareVT="true", VMPARAM_vm_Disk=None)
+        assert token == tokens.JOBCLASSAD_MISMATCHED_HARDWARE_VT
 
     def test_invalid_disk_before_checkpoint(self, workdir):
         """An invalid disk list is reported before a checkpoint mismatch."""
         token = token_of(workdir, JobVMCheckpoint="true", VMPARAM_vm_Disk='"a.img:vda:w, /nope/b.img:vdb:r"')
-        assert token == errors.KVM_INVALID_DISK_PARAM
+        assert token == tokens.KVM_INVALID_DISK_PARAM
 
     def test_kvm_ignores_xen_attributes(self, workdir):
         """A KVM job is not subject to the Xen kernel checks."""
@@ -475,16 +477,16 @@ class TestXen:
 
     def test_no_kernel_param(self, workdir):
         """No VMPARAM_Xen_Kernel: XEN_NO_KERNEL_PARAM."""
-        assert token_of(workdir, "xen", settings=XEN_BOOT, VMPARAM_Xen_Kernel=None) == errors.XEN_NO_KERNEL_PARAM
+        assert token_of(workdir, "xen", settings=XEN_BOOT, VMPARAM_Xen_Kernel=None) == tokens.XEN_NO_KERNEL_PARAM
 
     def test_included_without_bootloader(self, workdir):
         """xen_kernel = included without XEN_BOOTLOADER: CRITICAL."""
-        assert token_of(workdir, "xen", settings=SETTINGS) == errors.CRITICAL
+        assert token_of(workdir, "xen", settings=SETTINGS) == tokens.CRITICAL
 
     def test_vmx_without_hardware_vt(self, workdir):
         """xen_kernel = vmx without JobVMHardwareVT: MISMATCHED_HARDWARE_VT."""
         token = token_of(workdir, "xen", settings=XEN_VT, VMPARAM_Xen_Kernel='"vmx"')
-        assert token == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
+        assert token == tokens.JOBCLASSAD_MISMATCHED_HARDWARE_VT
 
     def test_vmx_with_hardware_vt(self, workdir):
         """xen_kernel = vmx with JobVMHardwareVT (and VM_HARDWARE_VT) is accepted."""
@@ -526,12 +528,12 @@ class TestXen:
         """A kernel path that does not exist on this machine fails even when a file of
         that name was transferred (the path is checked as written, spec 4.3)."""
         token = token_of(workdir, "xen", VMPARAM_Xen_Kernel='"/submit/vmlinuz"', VMPARAM_Xen_Root='"/dev/xvda"')
-        assert token == errors.XEN_KERNEL_NOT_FOUND
+        assert token == tokens.XEN_KERNEL_NOT_FOUND
 
     def test_kernel_not_found(self, workdir):
         """An unreadable kernel path: XEN_KERNEL_NOT_FOUND."""
         token = token_of(workdir, "xen", VMPARAM_Xen_Kernel='"/nonexistent/kernel"', VMPARAM_Xen_Root='"/dev/xvda"')
-        assert token == errors.XEN_KERNEL_NOT_FOUND
+        assert token == tokens.XEN_KERNEL_NOT_FOUND
 
     def test_initrd_not_found(self, workdir, shared):
         """An unreadable initrd: XEN_INITRD_NOT_FOUND."""
@@ -542,45 +544,45 @@ class TestXen:
             VMPARAM_Xen_Initrd='"/nonexistent/initrd"',
             VMPARAM_Xen_Root='"/dev/xvda"',
         )
-        assert token == errors.XEN_INITRD_NOT_FOUND
+        assert token == tokens.XEN_INITRD_NOT_FOUND
 
     def test_no_root(self, workdir, shared):
         """A kernel path without VMPARAM_Xen_Root: XEN_NO_ROOT_DEVICE_PARAM."""
         token = token_of(workdir, "xen", VMPARAM_Xen_Kernel=f'"{shared}/kernel-5.10"')
-        assert token == errors.XEN_NO_ROOT_DEVICE_PARAM
+        assert token == tokens.XEN_NO_ROOT_DEVICE_PARAM
 
     def test_no_disk(self, workdir):
         """No disk for Xen: XEN_NO_DISK_PARAM."""
-        assert token_of(workdir, "xen", settings=XEN_BOOT, VMPARAM_vm_Disk=None) == errors.XEN_NO_DISK_PARAM
+        assert token_of(workdir, "xen", settings=XEN_BOOT, VMPARAM_vm_Disk=None) == tokens.XEN_NO_DISK_PARAM
 
     def test_invalid_disk(self, workdir):
         """An invalid Xen disk list: XEN_INVALID_DISK_PARAM."""
         token = token_of(workdir, "xen", settings=XEN_BOOT, VMPARAM_vm_Disk='"a.img:xvda"')
-        assert token == errors.XEN_INVALID_DISK_PARAM
+        assert token == tokens.XEN_INVALID_DISK_PARAM
 
     def test_mismatched_checkpoint(self, workdir):
         """Checkpointing with a transferred Xen disk: XEN_MISMATCHED_CHECKPOINT."""
         token = token_of(workdir, "xen", settings=XEN_BOOT, JobVMCheckpoint="true")
-        assert token == errors.XEN_MISMATCHED_CHECKPOINT
+        assert token == tokens.XEN_MISMATCHED_CHECKPOINT
 
     def test_memory_before_kernel(self, workdir):
         """The common memory check runs before the Xen kernel checks."""
         token = token_of(workdir, "xen", settings=XEN_BOOT, JobVMMemory="0", VMPARAM_Xen_Kernel=None)
-        assert token == errors.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
+        assert token == tokens.JOBCLASSAD_TOO_MUCH_MEMORY_REQUEST
 
     def test_kernel_before_disk(self, workdir):
         """The kernel is checked before the disks."""
         token = token_of(workdir, "xen", settings=XEN_BOOT, VMPARAM_Xen_Kernel=None, VMPARAM_vm_Disk=None)
-        assert token == errors.XEN_NO_KERNEL_PARAM
+        assert token == tokens.XEN_NO_KERNEL_PARAM
 
     def test_kernel_not_found_before_root(self, workdir):
         """A missing kernel is reported before a missing root device."""
-        assert token_of(workdir, "xen", VMPARAM_Xen_Kernel='"/nonexistent/k"') == errors.XEN_KERNEL_NOT_FOUND
+        assert token_of(workdir, "xen", VMPARAM_Xen_Kernel='"/nonexistent/k"') == tokens.XEN_KERNEL_NOT_FOUND
 
     def test_root_before_disk(self, workdir, shared):
         """A missing root device is reported before a missing disk."""
         token = token_of(workdir, "xen", VMPARAM_Xen_Kernel=f'"{shared}/kernel-5.10"', VMPARAM_vm_Disk=None)
-        assert token == errors.XEN_NO_ROOT_DEVICE_PARAM
+        assert token == tokens.XEN_NO_ROOT_DEVICE_PARAM
 
     def test_memory_floor_xen(self, workdir):
         """The 32 MiB floor applies to Xen as well."""
@@ -618,7 +620,8 @@ def make(path: Path, uid: int, gid: int, mode: int) -> str:
 class TestCanAccess:
     @pytest.mark.parametrize(
         "mode,read,write",
-        [(0o600, True, True), (0o400, True, False), (0o200, False, False), (0o000, False, False), (0o066, False, False)],
+        [(0o600, True, True), (0o400, True, False), (0o200, False, False), (0o000, False, False),
+         (0o066, False, False)],
     )
     def test_owner_bits(self, public_dir, mode, read, write):
         """For the file's owner only the owner bits count, even when group/other bits would allow."""
@@ -684,14 +687,15 @@ class TestCanAccess:
         private = make(public_dir / "root.img", 0, 0, 0o600)
         readable = make(public_dir / "pub.img", 0, 0, 0o644)
         token = token_of(workdir, user=USER, VMPARAM_vm_Disk=f'"{private}:vda:r"')
-        assert token == errors.KVM_INVALID_DISK_PARAM
+        assert token == tokens.KVM_INVALID_DISK_PARAM
         token = token_of(workdir, user=USER, VMPARAM_vm_Disk=f'"{readable}:vda:w"')
-        assert token == errors.KVM_INVALID_DISK_PARAM
+        assert token == tokens.KVM_INVALID_DISK_PARAM
         assert build(workdir, user=USER, VMPARAM_vm_Disk=f'"{readable}:vda:r"').disks[0].path == readable
 
 
 class TestJobUserFromEnv:
-    @pytest.mark.parametrize("env", [{}, {"VMGAHP_USER_UID": ""}, {"VMGAHP_USER_UID": "abc"}, {"VMGAHP_USER_UID": "0"}, {"VMGAHP_USER_UID": "-5"}, {"VMGAHP_USER_UID": "  "}])
+    @pytest.mark.parametrize("env", [{}, {"VMGAHP_USER_UID": ""}, {"VMGAHP_USER_UID": "abc"}, {"VMGAHP_USER_UID": "0"},
+                                     {"VMGAHP_USER_UID": "-5"}, {"VMGAHP_USER_UID": "  "}])
     def test_not_set(self, env):
         """An unset, empty, non-numeric or non-positive VMGAHP_USER_UID counts as not set."""
         assert job_user_from_env(env) is None
@@ -756,19 +760,19 @@ class TestHostilePaths:
     def test_disk_symlink_into_a_private_dir(self, workdir, private):
         os.symlink(private / "secret.img", workdir / "linked.img")
         token = token_of(workdir, user=self.USER, VMPARAM_vm_Disk='"linked.img:vda:w"')
-        assert token == errors.KVM_INVALID_DISK_PARAM
+        assert token == tokens.KVM_INVALID_DISK_PARAM
 
     def test_disk_path_with_dotdot_into_a_private_dir(self, workdir, private):
         sneaky = f"{workdir}/../{private.name}/secret.img"
         token = token_of(workdir, user=self.USER, VMPARAM_vm_Disk=f'"{sneaky}:vda:r"')
-        assert token == errors.KVM_INVALID_DISK_PARAM
+        assert token == tokens.KVM_INVALID_DISK_PARAM
 
     def test_dotdot_through_a_symlinked_directory(self, workdir, private, tmp_path):
         """``link/..`` is not the lexical parent: realpath resolves it the way the kernel will."""
         (tmp_path / "public-dir").mkdir()
         os.symlink(private, workdir / "door")
         token = token_of(workdir, user=self.USER, VMPARAM_vm_Disk=f'"{workdir}/door/secret.img:vda:r"')
-        assert token == errors.KVM_INVALID_DISK_PARAM
+        assert token == tokens.KVM_INVALID_DISK_PARAM
 
     def test_symlink_to_a_readable_file_is_fine(self, workdir, public):
         os.symlink(public / "ok.img", workdir / "linked.img")
@@ -779,13 +783,13 @@ class TestHostilePaths:
         os.symlink(private / "vmlinuz-secret", workdir / "vmlinuz-link")
         token = token_of(workdir, "xen", user=self.USER, VMPARAM_Xen_Kernel='"vmlinuz-link"',
                          VMPARAM_Xen_Root='"/dev/xvda1"')
-        assert token == errors.XEN_KERNEL_NOT_FOUND
+        assert token == tokens.XEN_KERNEL_NOT_FOUND
 
     def test_cdrom_file_symlink_into_a_private_dir(self, workdir, private):
         os.symlink(private / "notes.txt", workdir / "notes.txt")
         token = token_of(workdir, user=self.USER, VMPARAM_CDROM_Files='"notes.txt"')
-        assert token == errors.CANNOT_READ_CDROM_FILE
+        assert token == tokens.CANNOT_READ_CDROM_FILE
 
     def test_cdrom_directory_through_dotdot(self, workdir, private):
         token = token_of(workdir, user=self.USER, VMPARAM_CDROM_Files=f'"{workdir}/../{private.name}"')
-        assert token == errors.CANNOT_READ_CDROM_FILE
+        assert token == tokens.CANNOT_READ_CDROM_FILE

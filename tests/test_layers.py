@@ -61,7 +61,8 @@ def _allowed(module: str, target: str) -> str | None:
     bottom = ("vmgahp.errors", "vmgahp.log", "vmgahp.settings", "vmgahp.condor_syntax")
     if module in bottom and not target.startswith(("vmgahp.protocol", *bottom)) and target != "vmgahp":
         return "the shared bottom imports only protocol/"
-    if module.startswith("vmgahp.job") and target.startswith(("vmgahp.drivers", "vmgahp.vm", "vmgahp.gahp", "vmgahp.run")):
+    if module.startswith("vmgahp.job") and target.startswith(
+            ("vmgahp.drivers", "vmgahp.vm", "vmgahp.gahp", "vmgahp.run")):
         return "job/ imports no driver, VM, gahp or run code"
     if module.startswith("vmgahp.drivers"):
         if target.startswith(("vmgahp.vm", "vmgahp.gahp", "vmgahp.run")):
@@ -107,3 +108,58 @@ def test_modules_stay_small() -> None:
     """One job per module: about 400 lines at most."""
     large = {str(p.relative_to(SRC)): n for p in MODULES if (n := len(p.read_text().splitlines())) > 420}
     assert not large, large
+
+
+# ------------------------------------------------------ README's layout block
+README = SRC.parents[1] / "README.md"
+
+
+def _layout_entries(text: str) -> tuple[set[str], set[str]]:
+    """The names README's layout block lists: (paths under src/vmgahp/, top-level
+    folders). An entry line starts at indent 0, 2 or 4 with names that end in
+    ``/`` or ``.py``; indent 4 is a package inside the indent-2 one above it.
+    Deeper-indented lines continue a description."""
+    block = text.split("## Layout\n", 1)[1].split("```\n", 2)[1]
+    inner: set[str] = set()
+    top: set[str] = set()
+    parent = ""
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        if indent not in (0, 2, 4) or not line.strip():
+            continue
+        names = []
+        for word in line.split():
+            if not word.endswith(("/", ".py")) or "`" in word:
+                break
+            names.append(word)
+        assert names, f"README layout: {line!r} names nothing"
+        if indent == 0:
+            top.update(n for n in names if n != "src/vmgahp/")
+        elif indent == 2:
+            inner.update(names)
+            parent = names[-1] if names[-1].endswith("/") else ""
+        else:
+            assert parent, f"README layout: {line!r} is not inside a package"
+            inner.update(parent + n for n in names)
+    return inner, top
+
+
+def test_readme_layout_matches_the_tree() -> None:
+    """Every package (and every module outside one) is in README's layout block,
+    and everything listed there exists."""
+    inner, top = _layout_entries(README.read_text())
+    packages = {str(p.parent.relative_to(SRC)) + "/" for p in SRC.rglob("__init__.py") if p.parent != SRC}
+    modules = {p.name for p in SRC.glob("*.py") if p.name != "__init__.py"}
+    assert packages | modules == inner, (
+        f"missing from README: {sorted((packages | modules) - inner)}; "
+        f"listed but not in src/vmgahp: {sorted(inner - (packages | modules))}")
+    missing = sorted(name for name in top if not (README.parent / name).exists())
+    assert not missing, f"README's layout lists {missing}, which do not exist"
+
+
+def test_the_layout_check_can_fail() -> None:
+    text = README.read_text()
+    inner, _ = _layout_entries(text.replace("  run/ ", "  running/ ", 1))
+    assert "running/" in inner and "run/" not in inner
+    inner, _ = _layout_entries(text.replace("    vmware/ ", "    vmwar/ ", 1))
+    assert "drivers/vmwar/" in inner and "drivers/vmware/" not in inner

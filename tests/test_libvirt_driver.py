@@ -21,7 +21,6 @@ from typing import Any, Callable
 import libvirt
 import pytest
 
-from vmgahp import errors
 from helpers import TEST_URI, on_test_hypervisor
 from vmgahp.drivers.base import DomainState, HostCheckError, HostError, HypervisorError, JobImageError, SavedState
 from vmgahp.drivers.libvirt import driver as driver_module
@@ -32,6 +31,7 @@ from vmgahp.drivers.libvirt.xml_script import script_input
 from vmgahp.drivers.registry import load_hypervisor
 from vmgahp.errors import GahpError
 from vmgahp.job.model import Disk, VmJob
+from vmgahp.protocol import tokens
 from vmgahp.settings import Settings
 from vmgahp.vm.failures import token_for
 
@@ -294,7 +294,7 @@ def test_existing_name_is_left_alone(hv: LibvirtHypervisor, raw_conn, tmp_path: 
     try:
         with pytest.raises(HostError) as info:
             hv.create(job)
-        assert token_for("CONDOR_VM_START", info.value) == errors.INTERNAL
+        assert token_for("CONDOR_VM_START", info.value) == tokens.INTERNAL
         assert "already exists" in info.value.message and job.name in info.value.message
         assert raw_conn.lookupByName(job.name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
     finally:
@@ -322,7 +322,8 @@ QEMU_DIED = "internal error: qemu unexpectedly closed the monitor: "
          "builtin", "INTERNAL"),
         (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_FROM_QEMU, "unsupported configuration: Domain requires KVM",
          "raw", "builtin", "INTERNAL"),
-        (libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, "operation failed: ...", "raw", "builtin", "INTERNAL"),
+        (libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, "operation failed: ...", "raw", "builtin",
+         "INTERNAL"),
         (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_FROM_REMOTE, "no connection driver", "raw", "builtin", "INTERNAL"),
         # The description: the job's values made the built-in XML invalid; a script's XML is the admin's.
         (libvirt.VIR_ERR_XML_INVALID_SCHEMA, libvirt.VIR_FROM_XML, "XML document failed to validate", "raw", "builtin",
@@ -345,8 +346,8 @@ def test_whose_fault_a_start_failure_is(tmp_path: Path, code, source, message, i
 @pytest.mark.parametrize(
     ("message", "token"),
     [
-        ("internal error: process exited while connecting to monitor: Image is not in qcow2 format", errors.BAD_IMAGE),
-        ("internal error: process exited while connecting to monitor: out of memory", errors.INTERNAL),
+        ("internal error: process exited while connecting to monitor: Image is not in qcow2 format", tokens.BAD_IMAGE),
+        ("internal error: process exited while connecting to monitor: out of memory", tokens.INTERNAL),
     ],
 )
 def test_start_failure_tokens(hv: LibvirtHypervisor, tmp_path: Path, monkeypatch, message: str, token: str) -> None:
@@ -374,7 +375,7 @@ def test_real_libvirt_refusal_is_internal(hv: LibvirtHypervisor, tmp_path: Path)
     hypervisor = LibvirtHypervisor(settings(xml_script=str(script)), "kvm")
     with pytest.raises(HostError) as info:
         hypervisor.create(make_job(tmp_path))
-    assert token_for("CONDOR_VM_START", info.value) == errors.INTERNAL
+    assert token_for("CONDOR_VM_START", info.value) == tokens.INTERNAL
     assert "memory" in info.value.message.lower()
 
 
@@ -406,7 +407,7 @@ def test_builtin_xml_failure_is_critical(tmp_path: Path) -> None:
     job = make_job(tmp_path, vm_type="xen", extras=XenBoot(kernel="included"))  # no bootloader anywhere
     with pytest.raises(GahpError) as info:
         hypervisor.create(job)
-    assert info.value.token == errors.CRITICAL
+    assert info.value.token == tokens.CRITICAL
 
 
 # -------------------------------------------------------------- XML script

@@ -307,7 +307,7 @@ def test_the_gahp_rotates_its_log_in_text_with_the_job_id(work: Path):
     assert len(files) == 3 and files[0].name == "vmgahp.log.old"  # MAX_NUM 2: .old and one time stamp
     lines = [line for f in files for line in f.read_text().splitlines()]
     parsed = [TEXT_LINE.fullmatch(line) for line in lines]
-    assert all(parsed), [line for line, m in zip(lines, parsed) if not m]
+    assert all(parsed), [line for line, m in zip(lines, parsed, strict=True) if not m]
     assert {m[1] for m in parsed} == {str(gahp.proc.pid)}
     # Older lines were rotated out (3 files of ~2 KB); what is left is the STATUS
     # requests, each line with the job's id, its request's id and the VM's.

@@ -26,11 +26,11 @@ import pycdlib
 import pytest
 
 from gahp_process import GahpProcess, job_ad
-from vmgahp import errors
-from vmgahp.vm import cdrom as media
 from vmgahp.drivers.libvirt.domain_xml import build_domain_xml
 from vmgahp.errors import GahpError
 from vmgahp.job.model import Disk, VmJob
+from vmgahp.protocol import tokens
+from vmgahp.vm import cdrom as media
 from vmgahp.vm.cdrom import ISO_NAME, VOLUME_ID, attach_cdrom
 
 UID = GID = 1000  # the job user
@@ -222,7 +222,7 @@ def test_modes_symlinks_and_volume(scratch: Path, src: dict[str, bytes]) -> None
     iso = pycdlib.PyCdlib()
     iso.open(str(work / ISO_NAME))
     try:
-        mode = lambda p: iso.get_record(rr_path=p).rock_ridge.get_file_mode()  # noqa: E731
+        mode = lambda p: iso.get_record(rr_path=p).rock_ridge.get_file_mode()  # noqa: E731 - a one-line helper
         assert stat.S_IMODE(mode("/job.sh")) == 0o555
         assert stat.S_IMODE(mode("/input.txt")) == 0o444
         assert stat.S_IMODE(mode("/Sub-Dir")) == 0o555
@@ -333,7 +333,7 @@ def test_duplicate_base_names(scratch: Path) -> None:
         path.parent.mkdir()
         path.write_text("x")
     work = workdir(scratch)
-    error = expect_error(make_job(work, [a, b]), errors.CANNOT_CREATE_ISO_FILE)
+    error = expect_error(make_job(work, [a, b]), tokens.CANNOT_CREATE_ISO_FILE)
     assert str(a) in error.detail and str(b) in error.detail
     assert leftovers(work) == []
 
@@ -342,7 +342,7 @@ def test_vanished_file(scratch: Path, src: dict[str, bytes]) -> None:
     files = top_files(scratch)
     job = make_job(workdir(scratch), files)
     files[0].unlink()  # after validation (build_job), before the build
-    error = expect_error(job, errors.CANNOT_READ_CDROM_FILE)
+    error = expect_error(job, tokens.CANNOT_READ_CDROM_FILE)
     assert str(files[0]) in error.detail
     assert leftovers(Path(job.working_dir)) == []
 
@@ -353,7 +353,7 @@ def test_file_no_longer_readable_by_the_job_user(scratch: Path, src: dict[str, b
     os.chown(secret, 0, 0)
     secret.chmod(0o600)
     work = workdir(scratch)
-    expect_error(make_job(work, [secret]), errors.CANNOT_READ_CDROM_FILE)
+    expect_error(make_job(work, [secret]), tokens.CANNOT_READ_CDROM_FILE)
     assert leftovers(work) == []
 
 
@@ -362,7 +362,7 @@ def test_unreadable_file_inside_a_directory(scratch: Path, src: dict[str, bytes]
     os.chown(secret, 0, 0)
     secret.chmod(0o600)
     work = workdir(scratch)
-    error = expect_error(make_job(work, [scratch / "src" / "Sub-Dir"]), errors.CANNOT_READ_CDROM_FILE)
+    error = expect_error(make_job(work, [scratch / "src" / "Sub-Dir"]), tokens.CANNOT_READ_CDROM_FILE)
     assert "Nested File.Config" in error.detail
 
 
@@ -372,7 +372,7 @@ def test_top_level_fifo_is_refused(scratch: Path) -> None:
     os.mkfifo(pipe)
     os.chown(pipe, UID, GID)
     work = workdir(scratch)
-    expect_error(make_job(work, [pipe]), errors.CANNOT_READ_CDROM_FILE)
+    expect_error(make_job(work, [pipe]), tokens.CANNOT_READ_CDROM_FILE)
 
 
 @pytest.mark.parametrize("change", ["unlink", "replace", "grow", "shrink", "chmod"])
@@ -402,7 +402,7 @@ def test_file_changes_while_the_image_is_written(
 
     monkeypatch.setattr(pycdlib.PyCdlib, "write_fp", write_fp)
     work = workdir(scratch)
-    error = expect_error(make_job(work, top_files(scratch)), errors.CANNOT_READ_CDROM_FILE)
+    error = expect_error(make_job(work, top_files(scratch)), tokens.CANNOT_READ_CDROM_FILE)
     assert "Nested File.Config" in error.detail
     assert leftovers(work) == []
 
@@ -412,7 +412,7 @@ def test_working_dir_not_writable(scratch: Path, src: dict[str, bytes]) -> None:
     blocker = scratch / "a-file"
     blocker.write_text("not a directory")
     job = make_job(blocker / "work", [scratch / "src" / "input.txt"])
-    error = expect_error(job, errors.CANNOT_CREATE_ISO_FILE)
+    error = expect_error(job, tokens.CANNOT_CREATE_ISO_FILE)
     assert "a-file" in error.detail
     assert blocker.read_text() == "not a directory"
 
@@ -442,7 +442,7 @@ def test_disk_full_leaves_nothing_behind(scratch: Path, src: dict[str, bytes]) -
     done = subprocess.run([sys.executable, "-c", script], input=job.model_dump_json(), capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(media.__file__).parents[2])})
     lines = done.stdout.splitlines()
-    assert lines and lines[0] == errors.CANNOT_CREATE_ISO_FILE, done.stdout + done.stderr
+    assert lines and lines[0] == tokens.CANNOT_CREATE_ISO_FILE, done.stdout + done.stderr
     assert "too large" in lines[1].lower()
     assert leftovers(work) == [ISO_NAME]
     assert (work / ISO_NAME).read_bytes() == b"previous image"  # the old image is untouched
@@ -461,7 +461,7 @@ def test_cdrom_device_already_used_by_a_disk(scratch: Path, src: dict[str, bytes
     base = make_job(work, [], disks=())
     with pytest.raises(GahpError) as info:
         hypervisor("kvm").read_job(ad, base, None)
-    assert info.value.token == errors.KVM_INVALID_DISK_PARAM and "the CD-ROM device" in info.value.detail
+    assert info.value.token == tokens.KVM_INVALID_DISK_PARAM and "the CD-ROM device" in info.value.detail
     assert leftovers(work) == []
 
 
@@ -515,7 +515,7 @@ def test_daemon_refuses_a_missing_cdrom_file(gahp_work: Path) -> None:
     gahp = _gahp(gahp_work)
     try:
         gahp.send_ad(job_ad(gahp_work, VMPARAM_CDROM_Files='"input.txt,missing.dat"'))
-        assert gahp.call("CONDOR_VM_START", "kvm") == (False, errors.CANNOT_READ_CDROM_FILE)
+        assert gahp.call("CONDOR_VM_START", "kvm") == (False, tokens.CANNOT_READ_CDROM_FILE)
         assert not (gahp_work / ISO_NAME).exists()
         assert gahp.reply("QUIT") == "S"
         assert gahp.wait() == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from vmgahp.gahp.config import Settings
 from vmgahp.job.networking import NetworkPlan, plan_networking
 

@@ -58,7 +58,8 @@ def test_handshake_as_the_starter_does_it() -> None:
     assert types.words == ("S", "xen", "kvm")
     assert async_on == Reply("ASYNC_MODE_ON", ("S",), "S")
     # Every line the starter wrote ends in CRLF; every gahp line in LF.
-    assert [data for way, data in pair.wire if way == ">"] == [b"COMMANDS\r\n", b"SUPPORT_VMS\r\n", b"ASYNC_MODE_ON\r\n"]
+    sent = [data for way, data in pair.wire if way == ">"]
+    assert sent == [b"COMMANDS\r\n", b"SUPPORT_VMS\r\n", b"ASYNC_MODE_ON\r\n"]
     assert all(data.endswith(b"\n") and not data.endswith(b"\r\n") for way, data in pair.wire if way == "<")
 
 
@@ -237,7 +238,8 @@ def test_bad_results_replies_are_protocol_errors() -> None:
 def test_banner_skips_to_the_dollar_and_drops_backslashes() -> None:
     client = GahpClient()
     assert client.receive(b"noise\nmore $VMGahpVersion 0.0.1 May 1 2007 Condor\\ VMGAHP $\nS\n") == [
-        Banner("$VMGahpVersion 0.0.1 May 1 2007 Condor VMGAHP $", "more $VMGahpVersion 0.0.1 May 1 2007 Condor\\ VMGAHP $"),
+        Banner("$VMGahpVersion 0.0.1 May 1 2007 Condor VMGAHP $",
+               "more $VMGahpVersion 0.0.1 May 1 2007 Condor\\ VMGAHP $"),
         Unexpected(("S",), "S"),
     ]
     with pytest.raises(ProtocolError):
@@ -300,7 +302,8 @@ def test_status_format_is_the_cpp_text() -> None:
 @given(st.sampled_from(["Running", "Suspended", "Stopped"]), st.floats(0, 1), st.floats(0.001, 1e6),
        st.integers(0, 1 << 40), st.integers(0, 1 << 40))
 def test_status_round_trip(state: str, utilization: float, cpu_time: float, memory: int, max_memory: int) -> None:
-    text = format_status(state, utilization=utilization, cpu_time=cpu_time, memory_kib=memory, max_memory_kib=max_memory)
+    text = format_status(state, utilization=utilization, cpu_time=cpu_time, memory_kib=memory,
+                         max_memory_kib=max_memory)
     status = parse_status(text)
     assert status is not None and status.state == state
     assert status.utilization == pytest.approx(utilization, abs=1e-6)

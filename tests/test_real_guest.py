@@ -127,7 +127,9 @@ def job_ad(work: Path, disks: str, cluster: int) -> list[str]:
     ]
 
 
-def start_guest(work: Path, uri: str, disks: str, cluster: int, gahps: list, domains: list, **knobs: str) -> GahpProcess:
+def start_guest(
+    work: Path, uri: str, disks: str, cluster: int, gahps: list, domains: list, **knobs: str
+) -> GahpProcess:
     gahp = GahpProcess(work, VM_KVM_LIBVIRT_URI=uri, VM_KVM_DOMAIN_TYPE="qemu", **knobs)
     gahps.append(gahp)
     domains.append(domain_name(cluster))

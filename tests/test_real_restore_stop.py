@@ -25,11 +25,22 @@ from typing import Iterator
 
 import pytest
 
-from gahp_process import GahpProcess, job_ad as plain_job_ad
-from guest_fixture import wait_for_console, TinyGuest, read_guest_file
+from gahp_process import GahpProcess
+from gahp_process import job_ad as plain_job_ad
+from guest_fixture import TinyGuest, read_guest_file, wait_for_console
 from test_real_guest import (  # noqa: F401 - fixtures
-    CLUSTER_BASE, JOB_GID, JOB_UID, domain_name, domain_state, domains, gahps, progress, scratch,
-    start_guest, ticks, wait_for_ticks,
+    CLUSTER_BASE,
+    JOB_GID,
+    JOB_UID,
+    domain_name,
+    domain_state,
+    domains,
+    gahps,
+    progress,
+    scratch,
+    start_guest,
+    ticks,
+    wait_for_ticks,
 )
 
 pytestmark = pytest.mark.libvirtd
@@ -56,7 +67,7 @@ def assert_powered_off_by_acpi(work: Path, elapsed: float, bound: float) -> None
 
 
 def test_stop_after_restore_of_a_guest_saved_while_booting(
-    tiny_guest: TinyGuest, scratch: Path, libvirt_uri: str, gahps: list, domains: list
+    tiny_guest: TinyGuest, scratch: Path, libvirt_uri: str, gahps: list, domains: list  # noqa: F811 - test_real_guest's fixtures
 ) -> None:
     disk = tiny_guest.boot_disk(scratch / "tiny.img", ticks=120, owner=(JOB_UID, JOB_GID))
     cluster = CLUSTER_BASE + 7
@@ -92,7 +103,7 @@ def second_scratch() -> Iterator[Path]:
 
 
 def test_stop_after_restart_from_a_checkpoint(
-    tiny_guest: TinyGuest, scratch: Path, second_scratch: Path, libvirt_uri: str, gahps: list, domains: list
+    tiny_guest: TinyGuest, scratch: Path, second_scratch: Path, libvirt_uri: str, gahps: list, domains: list  # noqa: F811 - test_real_guest's fixtures
 ) -> None:
     cluster = CLUSTER_BASE + 8
     name = f"ckpt_vmgahp.test_{cluster}.0"
@@ -140,5 +151,5 @@ def test_stop_after_restart_from_a_checkpoint(
     # The restored guest wrote to a new layer over the checkpoint's overlay.
     top = second_scratch / "vmgahp-overlay-vda.2.qcow2"
     lines = (read_guest_file(top, "progress.txt") or "").splitlines()
-    assert lines.count("boot 1 after tick 0") == 1 and not any(l.startswith("boot 2") for l in lines), lines
+    assert lines.count("boot 1 after tick 0") == 1 and not any(line.startswith("boot 2") for line in lines), lines
     assert lines[-1:] == ["power button"], lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,15 @@ from gahp_process import VMGAHP, gahp_env
 from guest_fixture import TinyGuest
 from starter_emulation import StarterEmulation
 from test_real_guest import (  # noqa: F401 - fixtures
-    CLUSTER_BASE, JOB_GID, JOB_UID, assert_finished_in_one_run, domain_name, domain_state, domains, job_ad, scratch,
+    CLUSTER_BASE,
+    JOB_GID,
+    JOB_UID,
+    assert_finished_in_one_run,
+    domain_name,
+    domain_state,
+    domains,
+    job_ad,
+    scratch,
     ticks,
 )
 
@@ -37,7 +46,7 @@ SUSPENDED_FOR = 2 * STATUS_INTERVAL + 1  # at least two status ticks while saved
 
 
 def test_starter_hard_suspends_and_resumes_a_ticking_guest(
-    tiny_guest: TinyGuest, scratch: Path, libvirt_uri: str, domains: list
+    tiny_guest: TinyGuest, scratch: Path, libvirt_uri: str, domains: list  # noqa: F811 - test_real_guest's fixtures
 ) -> None:
     disk = tiny_guest.boot_disk(scratch / "tiny.img", ticks=TICKS, owner=(JOB_UID, JOB_GID))
     cluster = CLUSTER_BASE + 9
@@ -94,7 +103,8 @@ def test_starter_hard_suspends_and_resumes_a_ticking_guest(
     assert lines[4] == f'VM_WORKING_DIR = "{scratch}"' and lines[5:5 + len(ad)] == ad
     assert lines[5 + len(ad):7 + len(ad)] == ["CLASSAD_END", "CONDOR_VM_START 2 kvm"]
     assert not any(line.upper().startswith("VERSION") for line in lines)
-    commands = [line.split()[0] for line in lines if line.startswith("CONDOR_VM_") and line.split()[0] != "CONDOR_VM_STATUS"]
+    commands = [line.split()[0] for line in lines
+                if line.startswith("CONDOR_VM_") and line.split()[0] != "CONDOR_VM_STATUS"]
     assert commands == ["CONDOR_VM_START", "CONDOR_VM_GETPID", "CONDOR_VM_SUSPEND", "CONDOR_VM_RESUME",
                         "CONDOR_VM_GETPID"], commands
     ids = [int(line.split()[1]) for line in lines if line.startswith("CONDOR_VM_")]
@@ -103,7 +113,7 @@ def test_starter_hard_suspends_and_resumes_a_ticking_guest(
     # The rhythm: 1 s after every line but the ad's, and START's first RESULTS 2 s after it.
     writes = starter.wire.writes()
     ad_lines = set(range(4, 5 + len(ad)))
-    gaps = [b[1] - a[1] for i, (a, b) in enumerate(zip(writes, writes[1:])) if i not in ad_lines]
+    gaps = [b[1] - a[1] for i, (a, b) in enumerate(pairwise(writes)) if i not in ad_lines]
     assert min(gaps) >= 0.99, min(gaps)
     start_at = next(at for line, at in writes if line.startswith("CONDOR_VM_START"))
     first_poll = next(at for line, at in writes if line == "RESULTS" and at > start_at)

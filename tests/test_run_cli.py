@@ -21,13 +21,13 @@ from typing import Iterator
 
 import pytest
 
+from vmgahp.protocol.client import argv_words as split_words  # the starter's read_argv
 from vmgahp.run import scratch
 from vmgahp.run.cli import run_main
-from vmgahp.protocol.client import argv_words as split_words  # the starter's read_argv
 from vmgahp.run.starter import explain_start_failure
 
 TOP = Path(__file__).resolve().parents[1]
-VMGAHP = TOP / ".venv" / "bin" / "vmgahp"
+VMGAHP = (sys.executable, "-m", "vmgahp")  # this interpreter's vmgahp
 
 JOB = """\
 universe   = vm
@@ -78,7 +78,7 @@ class Run:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [str(VMGAHP), "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+            [*VMGAHP, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
         )
         self.lines: list[str] = []
 
@@ -100,7 +100,7 @@ class Run:
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 90.0) -> tuple[int, str, str]:
-    done = subprocess.run([str(VMGAHP), "run", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    done = subprocess.run([*VMGAHP, "run", *args], capture_output=True, text=True, env=env, timeout=timeout)
     return done.returncode, done.stdout, done.stderr
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import classad2
 import pytest
-from fixtures.condor_submit_vm import CASES, EXAMPLES, LEGACY_CASES, READ_EXACTLY, SCOPE
 
+from fixtures.condor_submit_vm import CASES, EXAMPLES, LEGACY_CASES, READ_EXACTLY, SCOPE
 from vmgahp.job.jobad import JobAd
 from vmgahp.run import cli
 from vmgahp.run.submit import LEGACY, Identity, Job, SubmitError, build, load
@@ -123,9 +123,9 @@ def test_round_trip(tmp_path: Path, case: dict) -> None:
     job = make(path)
     pool = make(round_trip(path, job))
     assert pool.hints == [] and pool.warnings == []
-    strip = lambda ad: {k: v for k, v in ad.items() if k != "QDate"}  # noqa: E731
+    strip = lambda ad: {k: v for k, v in ad.items() if k != "QDate"}  # noqa: E731 - a one-line helper
     assert strip(pool.ad) == strip(job.ad)
-    files = lambda j: [(item.source, item.name) for item in j.inputs]  # noqa: E731
+    files = lambda j: [(item.source, item.name) for item in j.inputs]  # noqa: E731 - a one-line helper
     assert (pool.checkpoint, pool.snapshot_disk, files(pool)) == (job.checkpoint, job.snapshot_disk, files(job))
 
 
@@ -193,11 +193,22 @@ def test_plus_attributes_work_as_on_a_pool(tmp_path: Path) -> None:
     assert job.ad["Empty"] == "undefined"  # SetForcedAttributes (2704-2708)
 
 
-def test_vmware_is_refused_before_its_commands(tmp_path: Path) -> None:
-    path = write(tmp_path, {**CASES[0]["lines"], "vm_type": "vmware", "vmware_dir": "vm",
-                            "vmware_should_transfer_files": "true"})
-    with pytest.raises(SubmitError, match="'vmware' is no longer supported"):
-        make(path)
+def test_vmware_is_run_with_its_commands(tmp_path: Path) -> None:
+    """condor_submit 25 refuses vmware (7027-7030); vmgahp run runs it, says so, and gives the pool forms."""
+    vm = tmp_path / "vm"
+    vm.mkdir()
+    for name in ("guest.vmx", "guest.vmdk", "guest-flat.vmdk"):
+        (vm / name).write_bytes(b"x")
+    job = make(write(tmp_path, {**CASES[0]["lines"], "vm_type": "vmware", "vm_disk": None, "vmware_dir": "vm",
+                                "vmware_should_transfer_files": "true"}))
+    assert job.vm_type == "vmware" and job.snapshot_disk  # VMPARAM_VMware_SnapshotDisk: the gahp's default true
+    assert job.ad["VMPARAM_VMware_VMX_File"] == '"guest.vmx"' and "VMPARAM_vm_Disk" not in job.ad
+    assert any("refuses vm_type = vmware" in w for w in job.warnings)
+    assert [h.command for h in job.hints] == ["vmware_dir", "vmware_should_transfer_files"]
+    assert sorted(i.name for i in job.inputs) == ["guest-flat.vmdk", "guest.vmdk", "guest.vmx"]
+    with pytest.raises(SubmitError, match="vmware_dir cannot be found"):
+        make(write(tmp_path, {**CASES[0]["lines"], "vm_type": "vmware", "vm_disk": None,
+                              "vmware_should_transfer_files": "true"}))
     job = make(write(tmp_path, {**CASES[0]["lines"], "vmware_dir": "vm"}))
     assert any("vmware_dir is ignored for vm_type = kvm" in w for w in job.warnings) and job.hints == []
 

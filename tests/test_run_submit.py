@@ -399,9 +399,13 @@ def test_unknown_vm_type_names_the_line(tmp_path: Path) -> None:
     assert exc.line == 2 and "unknown vm_type 'virtualbox'" in exc.message
 
 
-def test_vmware_is_rejected_clearly(tmp_path: Path) -> None:
+def test_vmware_needs_its_own_commands(tmp_path: Path) -> None:
+    """vm_type = vmware is run (drivers/vmware); the old submit's vmware_* commands are required."""
     exc = error(tmp_path, KVM_JOB.replace("vm_type    = kvm", "vm_type    = VMware"))
-    assert exc.line == 2 and "vmware" in exc.message and "no longer supported" in exc.message
+    assert "vmware_should_transfer_files cannot be found" in exc.message
+    exc = error(tmp_path, KVM_JOB.replace("vm_type    = kvm",
+                                          "vm_type    = vmware\nvmware_should_transfer_files = true"))
+    assert "vmware_dir cannot be found" in exc.message
 
 
 @pytest.mark.parametrize(

@@ -18,14 +18,14 @@ import libvirt
 import pytest
 
 from helpers import settings
-from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import build_domain_xml
-from vmgahp.job.model import VmJob, build_job
+from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.job.jobad import JobAd
-from vmgahp.vm.cdrom import attach_cdrom
+from vmgahp.job.model import VmJob, build_job
 from vmgahp.job.networking import NetworkPlan
 from vmgahp.run.submit import Identity, Job, SubmitError, build, load
+from vmgahp.vm.cdrom import attach_cdrom
 
 ALICE = Identity("alice", "example.org")
 BOOTLOADER = "/usr/lib/xen/bin/pygrub"

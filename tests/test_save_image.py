@@ -93,6 +93,17 @@ def test_the_state_is_a_zstd_file_of_libvirts_final_image(tmp_path: Path, image:
     assert target.stat().st_size < len(image) / 2
 
 
+def test_the_compressed_state_is_private_whatever_the_umask(tmp_path: Path, image: bytes) -> None:
+    """Guest memory: 0600, as libvirt makes its own save files."""
+    target = tmp_path / "xen.mem.ckpt"
+    previous = os.umask(0o022)
+    try:
+        assert save_image.save(LibvirtLikeSave(image), target, ZSTD) is True
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
 def test_layout_header_frame_then_skippable_padding_then_the_stream(tmp_path: Path, image: bytes) -> None:
     target = tmp_path / "state"
     save_image.save(LibvirtLikeSave(image), target, ZSTD)

@@ -382,7 +382,8 @@ class TestClassAdMode:
     def test_lines_swallowed_without_reply(self, session):
         """Inside a CLASSAD block every line, QUIT and RESULTS included, gets no reply."""
         assert session.receive_line("CLASSAD") == [S]
-        for line in ['VM_WORKING_DIR = "/tmp/x"', "QUIT", "RESULTS", "COMMANDS", "garbage (", "", "CONDOR_VM_STATUS 2 1"]:
+        for line in ['VM_WORKING_DIR = "/tmp/x"', "QUIT", "RESULTS", "COMMANDS", "garbage (", "",
+                     "CONDOR_VM_STATUS 2 1"]:
             assert session.receive_line(line) == [], line
         assert session.quitting is False
         assert session.pending_ids == frozenset()
@@ -400,7 +401,8 @@ class TestClassAdMode:
         assert session.receive_line(end) == [S]
         assert session.receive_line("RESULTS") == [Send("S 0")]
 
-    @pytest.mark.parametrize("line", ["CLASSAD_END extra", " CLASSAD_END", "CLASSAD_END ", "CLASSAD_ENDX", "CLASSAD_EN"])
+    @pytest.mark.parametrize("line",
+                             ["CLASSAD_END extra", " CLASSAD_END", "CLASSAD_END ", "CLASSAD_ENDX", "CLASSAD_EN"])
     def test_near_end_swallowed(self, session, line):
         """A line that only resembles CLASSAD_END is swallowed as an attribute and the block goes on."""
         feed(session, "CLASSAD")
@@ -484,7 +486,8 @@ def test_starter_conversation(session):
         for action in session.receive_line(line):
             out.append(action.text if isinstance(action, Send) else type(action).__name__)
 
-    for line in ("COMMANDS", "SUPPORT_VMS", "ASYNC_MODE_ON", "CLASSAD", 'VM_WORKING_DIR = "/d"', "JobVMType = \"kvm\"", "CLASSAD_END", "CONDOR_VM_START 2 kvm"):
+    for line in ("COMMANDS", "SUPPORT_VMS", "ASYNC_MODE_ON", "CLASSAD", 'VM_WORKING_DIR = "/d"', "JobVMType = \"kvm\"",
+                 "CLASSAD_END", "CONDOR_VM_START 2 kvm"):
         run(line)
     out.extend(a.text for a in session.complete(2, True, "1"))
     run("RESULTS")

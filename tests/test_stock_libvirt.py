@@ -34,7 +34,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -145,8 +144,8 @@ def test_guest_on_snapshot_disks_runs_its_cdrom_job_and_keeps_its_output(
     tiny_guest: TinyGuest, stock: PrivateLibvirtd, scratches: list[Path], gahps: list
 ) -> None:
     work = scratches[0]
-    base = tiny_guest.boot_disk(work / "tiny.qcow2", fmt="qcow2", owner=(JOB_UID, JOB_GID))
-    data = tiny_guest.data_disk(work / "data.img", owner=(JOB_UID, JOB_GID))
+    tiny_guest.boot_disk(work / "tiny.qcow2", fmt="qcow2", owner=(JOB_UID, JOB_GID))
+    tiny_guest.data_disk(work / "data.img", owner=(JOB_UID, JOB_GID))
     give(work / "job.sh", JOB_SH)
     give(work / "numbers.txt", "".join(f"{n}\n" for n in range(1, 101)))
     before = {name: sha256(work / name) for name in ("tiny.qcow2", "data.img")}

@@ -33,7 +33,7 @@ def test_admin_doc_table_is_the_token_table() -> None:
     block = text[text.index(gen.BEGIN):text.index(gen.END)]
     rows = [line for line in block.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == [token.wire for token in tokens.TABLE]
-    for row, token in zip(rows, tokens.TABLE):
+    for row, token in zip(rows, tokens.TABLE, strict=True):
         assert (f"(subcode {token.hold_subcode})" in row) == token.holds, row
         assert row.rstrip(" |").endswith(token.hint), row
 

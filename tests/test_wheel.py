@@ -40,7 +40,8 @@ PROBE = ['VM_GAHP_VERSION = "0.0.1"', 'VM_Type = "kvm"', "VM_Memory = 512", "VM_
 
 def _run(argv: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
-    assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (f"{' '.join(argv)} exited {done.returncode}:\n"
+                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
 
 
@@ -115,7 +116,8 @@ def _probe_env(cwd: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("how", ["console script", "python -m vmgahp"])
 def test_the_installed_vmgahp_probes(venv: Path, tmp_path: Path, how: str) -> None:
-    command = [str(venv / "bin" / "vmgahp")] if how == "console script" else [str(venv / "bin" / "python"), "-m", "vmgahp"]
+    command = ([str(venv / "bin" / "vmgahp")] if how == "console script"
+               else [str(venv / "bin" / "python"), "-m", "vmgahp"])
     done = _run([*command, "-f", "-M", "0", "vmtype", "kvm"], 60.0, cwd=tmp_path, env=_probe_env(tmp_path))
     assert done.stdout.splitlines() == PROBE, done.stdout
     where = _run([str(venv / "bin" / "python"), "-c", "import vmgahp; print(vmgahp.__file__)"], 60.0,

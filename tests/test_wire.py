@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from vmgahp.protocol import wire
 from vmgahp.protocol.wire import LineFramer, escape, is_request_id, is_vm_id, result_line, split_words
 
 
@@ -203,7 +202,8 @@ class TestRequestId:
 
     @pytest.mark.parametrize(
         "word",
-        ["", "0", "00", "+3", "-3", "1 0", " 1", "1.0", "abc", "3a", "١", "²", "１", "2147483648", "99999999999999999999"],
+        ["", "0", "00", "+3", "-3", "1 0", " 1", "1.0", "abc", "3a", "١", "²", "１", "2147483648",
+         "99999999999999999999"],
     )
     def test_invalid(self, word):
         """Signs, zero, blanks, non-ASCII digits and values beyond a C int are rejected."""

@@ -37,18 +37,18 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from vmgahp import errors
-from vmgahp.job.access import JobUser
 from helpers import settings
-from vmgahp.settings import Settings
 from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.errors import GahpError
-from vmgahp.job.model import VmJob, build_job
+from vmgahp.job.access import JobUser
 from vmgahp.job.jobad import JobAd
-from vmgahp.vm.cdrom import attach_cdrom
+from vmgahp.job.model import VmJob, build_job
 from vmgahp.job.networking import NetworkPlan, plan_networking
+from vmgahp.protocol import tokens
+from vmgahp.settings import Settings
+from vmgahp.vm.cdrom import attach_cdrom
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden" / "xen"
@@ -369,21 +369,21 @@ def test_user_networking_job_is_mismatched(dirs) -> None:
     workdir, _ = dirs
     plan = LibvirtHypervisor(SETTINGS, "xen").network_plan()
     token = token_of(workdir, network=plan, JobVMNetworking="true", JobVMNetworkingType='"user"')
-    assert token == errors.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE
+    assert token == tokens.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE
 
 
 def test_included_without_bootloader_is_critical(dirs) -> None:
     """Unreachable over the wire (start-up needs XEN_BOOTLOADER, spec 1.7/9), so checked here."""
     workdir, _ = dirs
-    assert token_of(workdir, settings=settings("xen")) == errors.CRITICAL
+    assert token_of(workdir, settings=settings("xen")) == tokens.CRITICAL
 
 
 def test_vmx_needs_job_hardware_vt(dirs) -> None:
     workdir, _ = dirs
-    assert token_of(workdir, VMPARAM_Xen_Kernel='"vmx"') == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
+    assert token_of(workdir, VMPARAM_Xen_Kernel='"vmx"') == tokens.JOBCLASSAD_MISMATCHED_HARDWARE_VT
     off = settings("xen", XEN_BOOTLOADER=BOOTLOADER)
     token = token_of(workdir, settings=off, VMPARAM_Xen_Kernel='"vmx"', JobVMHardwareVT="true")
-    assert token == errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT
+    assert token == tokens.JOBCLASSAD_MISMATCHED_HARDWARE_VT
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a file unreadable for another uid needs root")
@@ -394,14 +394,14 @@ def test_unreadable_kernel_and_initrd(dirs) -> None:
     kernel = shared / "vmlinuz-shared"
     os.chmod(kernel, 0o600)  # root's
     token = token_of(workdir, user=user, VMPARAM_Xen_Kernel=f'"{kernel}"', VMPARAM_Xen_Root='"/dev/xvda1"')
-    assert token == errors.XEN_KERNEL_NOT_FOUND
+    assert token == tokens.XEN_KERNEL_NOT_FOUND
     os.chmod(kernel, 0o644)
     os.chmod(workdir / "initrd.img", 0o600)
     token = token_of(
         workdir, user=user, VMPARAM_Xen_Kernel=f'"{kernel}"', VMPARAM_Xen_Initrd='"initrd.img"',
         VMPARAM_Xen_Root='"/dev/xvda1"',
     )
-    assert token == errors.XEN_INITRD_NOT_FOUND
+    assert token == tokens.XEN_INITRD_NOT_FOUND
     os.chmod(workdir / "initrd.img", 0o644)
     job = job_for(
         workdir, user=user, VMPARAM_Xen_Kernel=f'"{kernel}"', VMPARAM_Xen_Initrd='"initrd.img"',
@@ -417,12 +417,12 @@ def test_kernel_and_initrd_checked_as_written(dirs) -> None:
     workdir, shared = dirs
     assert (workdir / "vmlinuz").exists() and (workdir / "initrd.img").exists()
     token = token_of(workdir, VMPARAM_Xen_Kernel='"/nonexistent/vmlinuz"', VMPARAM_Xen_Root='"/dev/xvda1"')
-    assert token == errors.XEN_KERNEL_NOT_FOUND
+    assert token == tokens.XEN_KERNEL_NOT_FOUND
     token = token_of(
         workdir, VMPARAM_Xen_Kernel='"vmlinuz"', VMPARAM_Xen_Initrd='"/nonexistent/initrd.img"',
         VMPARAM_Xen_Root='"/dev/xvda1"',
     )
-    assert token == errors.XEN_INITRD_NOT_FOUND
+    assert token == tokens.XEN_INITRD_NOT_FOUND
     # A path that exists here and names a transferred file: the transferred copy is used.
     job = job_for(workdir, VMPARAM_Xen_Kernel=f'"{shared}/vmlinuz-shared"', VMPARAM_Xen_Root='"/dev/xvda1"')
     assert job.extras.kernel == str(shared / "vmlinuz-shared")
@@ -430,7 +430,7 @@ def test_kernel_and_initrd_checked_as_written(dirs) -> None:
 
 def test_checkpoint_needs_shared_disks(dirs) -> None:
     workdir, shared = dirs
-    assert token_of(workdir, JobVMCheckpoint="true") == errors.XEN_MISMATCHED_CHECKPOINT
+    assert token_of(workdir, JobVMCheckpoint="true") == tokens.XEN_MISMATCHED_CHECKPOINT
     job = job_for(workdir, JobVMCheckpoint="true", VMPARAM_vm_Disk=f'"{shared}/pv.img:xvda:w"')
     assert job.checkpoint and not job.has_transferred_disk
 
@@ -440,30 +440,30 @@ def test_cdrom_device_clash_is_an_invalid_xen_disk(dirs) -> None:
     # The driver checks the clash while it reads the ad (the device lower-cased).
     with pytest.raises(GahpError) as info:
         job_for(workdir, VMPARAM_CDROM_Files=f'"{workdir}/cdrom/job.sh"', VMPARAM_Xen_CDROM_Device='"XVDA"')
-    assert info.value.token == errors.XEN_INVALID_DISK_PARAM
+    assert info.value.token == tokens.XEN_INVALID_DISK_PARAM
     assert "uses xvda, the CD-ROM device" in info.value.detail
 
 
 # ---------------------------------------------------- every token over the wire
 XEN_TOKENS = {
-    errors.XEN_NO_KERNEL_PARAM: "33_err_xen.txt",
-    errors.XEN_KERNEL_NOT_FOUND: "33_err_xen.txt",  # missing; unreadable: 92_err_xen_unreadable_files.txt
-    errors.XEN_INITRD_NOT_FOUND: "33_err_xen.txt",  # missing; unreadable: 92_err_xen_unreadable_files.txt
-    errors.XEN_NO_ROOT_DEVICE_PARAM: "33_err_xen.txt",
-    errors.XEN_NO_DISK_PARAM: "33_err_xen.txt",
-    errors.XEN_INVALID_DISK_PARAM: "33_err_xen.txt",
-    errors.XEN_MISMATCHED_CHECKPOINT: "33_err_xen.txt",
-    errors.JOBCLASSAD_MISMATCHED_HARDWARE_VT: "33_err_xen.txt",  # xen_kernel = vmx
-    errors.VM_NO_SUPPORT_SUSPEND: "35_xen_hvm_no_suspend.txt",
-    errors.VM_NO_SUPPORT_CHECKPOINT: "35_xen_hvm_no_suspend.txt",
-    errors.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE: "91_xen_networking.txt",  # user is not offered for Xen
-    errors.CANNOT_READ_CDROM_FILE: "93_xen_cdrom.txt",
+    tokens.XEN_NO_KERNEL_PARAM: "33_err_xen.txt",
+    tokens.XEN_KERNEL_NOT_FOUND: "33_err_xen.txt",  # missing; unreadable: 92_err_xen_unreadable_files.txt
+    tokens.XEN_INITRD_NOT_FOUND: "33_err_xen.txt",  # missing; unreadable: 92_err_xen_unreadable_files.txt
+    tokens.XEN_NO_ROOT_DEVICE_PARAM: "33_err_xen.txt",
+    tokens.XEN_NO_DISK_PARAM: "33_err_xen.txt",
+    tokens.XEN_INVALID_DISK_PARAM: "33_err_xen.txt",
+    tokens.XEN_MISMATCHED_CHECKPOINT: "33_err_xen.txt",
+    tokens.JOBCLASSAD_MISMATCHED_HARDWARE_VT: "33_err_xen.txt",  # xen_kernel = vmx
+    tokens.VM_NO_SUPPORT_SUSPEND: "35_xen_hvm_no_suspend.txt",
+    tokens.VM_NO_SUPPORT_CHECKPOINT: "35_xen_hvm_no_suspend.txt",
+    tokens.JOBCLASSAD_MISMATCHED_NETWORKING_TYPE: "91_xen_networking.txt",  # user is not offered for Xen
+    tokens.CANNOT_READ_CDROM_FILE: "93_xen_cdrom.txt",
 }
 
 
 def test_xen_token_table_is_complete() -> None:
-    """Every Xen-specific token of errors.py is in the table (CRITICAL-for-the-bootloader is unit-tested)."""
-    xen_specific = {value for name, value in vars(errors).items() if name.startswith("XEN_") and isinstance(value, str)}
+    """Every Xen-specific token of protocol/tokens.py is in the table (CRITICAL-for-the-bootloader is unit-tested)."""
+    xen_specific = {value for name, value in vars(tokens).items() if name.startswith("XEN_") and isinstance(value, str)}
     assert xen_specific <= set(XEN_TOKENS)
 
 

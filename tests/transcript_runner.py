@@ -109,12 +109,12 @@ from pathlib import Path
 from typing import Callable
 
 from vmgahp.protocol.client import BATCH, classify
-from vmgahp.protocol.wire import split_words as gahp_split  # the gahp's own splitter (spec 2.2)
+from vmgahp.protocol.wire import split_words as gahp_split  # noqa: F401 - tests read the gahp's own splitter (spec 2.2) as tr.gahp_split
 
 SCRATCH_PLACEHOLDER = "/var/lib/condor/execute/dir_4242"
 UID_PLACEHOLDER = "<condor uid>"
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CMD = [str(REPO / ".venv" / "bin" / "vmgahp")]
+DEFAULT_CMD = [sys.executable, "-m", "vmgahp"]  # this interpreter's vmgahp
 DISK_EXTENSIONS = (".qcow2", ".qcow", ".img", ".raw", ".iso", ".vmdk")
 DISK_SIZE = 1 << 20
 BANNER = re.compile(r"(S )?\$VMGahpVersion .*\$")
@@ -628,7 +628,7 @@ class Daemon:
             self.proc.stdin.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, ValueError) as exc:
-            raise StepFailure(f"cannot write to the daemon's stdin ({exc.__class__.__name__})")
+            raise StepFailure(f"cannot write to the daemon's stdin ({exc.__class__.__name__})") from exc
 
     def close_stdin(self) -> None:
         try:
@@ -1038,7 +1038,7 @@ def default_cmd() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+")
-    parser.add_argument("--cmd", help="daemon command (default $VMGAHP_CMD or .venv/bin/vmgahp)")
+    parser.add_argument("--cmd", help="daemon command (default $VMGAHP_CMD or python -m vmgahp)")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--repoll-s", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs")

@@ -21,9 +21,9 @@ plain literals, so reading ordinary configuration costs nothing.
 
 from __future__ import annotations
 
-from vmgahp.errors import VmgahpError
-
 import re
+
+from vmgahp.errors import VmgahpError
 
 INT_MIN, INT_MAX = -0x80000000, 0x7FFFFFFF
 _C_SPACE = " \t\n\v\f\r"  # isspace() in the C locale

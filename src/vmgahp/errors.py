@@ -11,9 +11,6 @@
 
 from __future__ import annotations
 
-from vmgahp.protocol.tokens import *  # noqa: F403 - the token constants, for older call sites
-from vmgahp.protocol.tokens import HOLD_TOKENS  # noqa: F401
-
 
 class VmgahpError(Exception):
     """Every error vmgahp raises on purpose."""

@@ -20,6 +20,7 @@ import sys
 
 TYPE_CHECKING = False  # not typing's: this module is on the banner path
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
     from typing import Any, Callable
 
     from vmgahp.log_file import LogFile
@@ -68,7 +69,7 @@ def job_id_from_ad(ad_lines: tuple[str, ...] | list[str] | None) -> str | None:
     return f"{found['clusterid']}.{found.get('procid', '0')}"
 
 
-def _add_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_ids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.setdefault("job_id", _process_ids["job_id"])
     event.setdefault("req_id", None)
     event.setdefault("vm_id", None)

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vmgahp.drivers.base import (Capability, DomainState, HostError, HypervisorError, JobImageError,
-                                 SavedState)
+from vmgahp.drivers.base import Capability, DomainState, HostError, HypervisorError, JobImageError, SavedState
 from vmgahp.errors import GahpError
 from vmgahp.protocol import tokens
 

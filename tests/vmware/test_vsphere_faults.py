@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from conftest import POOL, new_job
+from vsphere_rig import POOL, new_job
 
 from vmgahp.drivers.vmware.errors import TimedOut, Unreachable
 from vmgahp.drivers.vmware.tasks import wait_for

@@ -8,7 +8,7 @@ import time
 import traceback
 
 import pytest
-from conftest import POOL
+from vsphere_rig import POOL
 
 from vmgahp import log
 from vmgahp.drivers.vmware.errors import LoginRefused, Secret, Unreachable, UntrustedServer, VSphereError

@@ -53,7 +53,8 @@ def main() -> int:
         mac = attrs.get("JobVM_MACADDR", "")
         mac_el = f"<mac address={quoteattr(mac)}/>" if mac else ""
         if "nat" in net:
-            out.append(f"<interface type='network'><source network='default'/>{mac_el}<model type='virtio'/></interface>")
+            out.append(f"<interface type='network'><source network='default'/>{mac_el}"
+                       "<model type='virtio'/></interface>")
         elif "user" in net:
             out.append(f"<interface type='user'><model type='virtio'/>{mac_el}</interface>")
         elif "bridge" in net:

@@ -195,6 +195,7 @@ class Hypervisor(ABC):
     def finish(self, job: VmJob, output: bool = True) -> None:
         """The guest ended by itself: leave its disks as the job's output, or
         (``output`` false: ``vm_no_output_vm``) remove the files made for them."""
+        return None
 
     def restore_mismatch(self, job: VmJob, state: SavedState) -> str:
         """Why ``job`` cannot restore ``state`` (another job's disks...), "" if it can."""
@@ -230,3 +231,4 @@ class Hypervisor(ABC):
 
     def close(self) -> None:
         """Release the connection (best effort)."""
+        return None

@@ -42,8 +42,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmgahp.drivers.base import (Capability, Domain, DomainInfo, DomainState, HostError, Hypervisor,
-                                 HypervisorError, JobImageError, SavedState)
+from vmgahp.drivers.base import (
+    Capability,
+    Domain,
+    DomainInfo,
+    DomainState,
+    HostError,
+    Hypervisor,
+    HypervisorError,
+    JobImageError,
+    SavedState,
+)
 from vmgahp.drivers.fake_faults import Call, Faults, Gate
 from vmgahp.errors import GahpError
 from vmgahp.job.networking import NetworkPlan, plan_networking
@@ -352,7 +361,8 @@ class _Operation:
                     self.hv.host.guests.pop(self.name, None)
                 elif guest is not None:
                     guest.set_paused(fault.leaves is DomainState.PAUSED)
-        raise fault.error  # type: ignore[misc]
+        assert fault.error is not None  # apply() returns only the faults that raise
+        raise fault.error
 
     def __exit__(self, *exc: Any) -> None:
         return None
@@ -379,7 +389,8 @@ def _backing(path: Path) -> str | None:
 
 def _layers(working_dir: str, device: str) -> dict[int, str]:
     """The fake layers of ``device`` in the working dir, by generation."""
-    prefix, found = f"vmgahp-overlay-{device}.", {}
+    prefix = f"vmgahp-overlay-{device}."
+    found: dict[int, str] = {}
     try:
         names = os.listdir(working_dir)
     except OSError:

@@ -13,6 +13,12 @@ import sys
 from vmgahp import __version__, log
 from vmgahp.gahp.argv import KILL, STANDALONE, TEST, USAGE, Invocation, UsageError, parse_argv
 
+TYPE_CHECKING = False  # not typing's: this module is on the banner path
+if TYPE_CHECKING:
+    from vmgahp.job.access import JobUser
+    from vmgahp.protocol.session import Request
+    from vmgahp.vm.runtime import Runtime
+
 # One version on the wire: the VM GAHP protocol vmgahp speaks, in the banner,
 # the VERSION reply and the probe's VM_GAHP_VERSION alike (the startd
 # publishes the latter). vmgahp's own release is the banner's name field.
@@ -107,9 +113,9 @@ def _probe(invocation: Invocation) -> int:
 
 
 def _kill(invocation: Invocation) -> int:
-    from vmgahp.vm.deadline import call_with_deadline
     from vmgahp.drivers.registry import load_hypervisor
     from vmgahp.gahp.startup import PendingPreflight, StartupError
+    from vmgahp.vm.deadline import call_with_deadline
 
     _check_vm_type(invocation.vm_type)
     # The host check runs in every mode, before the mode's action (spec 1.7).
@@ -124,7 +130,7 @@ def _kill(invocation: Invocation) -> int:
     return 0
 
 
-def _serve(invocation: Invocation, user: object) -> int:
+def _serve(invocation: Invocation, user: JobUser | None) -> int:
     from vmgahp.gahp.startup import PendingPreflight, StartupError
     from vmgahp.protocol.env import read_gahp_environment
 
@@ -141,9 +147,9 @@ def _serve(invocation: Invocation, user: object) -> int:
     pending = PendingPreflight(vm_type, SERVER_CHECK_DEADLINE, invocation.terminal_log)
     # Check the type and import the daemon while the child reads the configuration.
     _check_vm_type(vm_type)
+    from vmgahp.drivers.registry import available_types, load_hypervisor
     from vmgahp.gahp import config  # noqa: F401 - pending.settings() needs it; load it now
     from vmgahp.gahp.daemon import Daemon, warm_up
-    from vmgahp.drivers.registry import available_types, load_hypervisor
     from vmgahp.protocol.session import GahpSession
 
     settings = pending.settings()
@@ -174,10 +180,16 @@ class _JobLogging:
     """The runtime, but the job's id goes on every later log line of this
     process as soon as a START brings the job ad (one gahp serves one job)."""
 
-    def __init__(self, runtime: object) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def submit(self, request: object) -> None:
+    def prepare_for_start(self) -> None:
+        self._runtime.prepare_for_start()
+
+    def close(self) -> None:
+        self._runtime.close()
+
+    def submit(self, request: Request) -> None:
         ad_lines = getattr(request, "ad_lines", None)
         if ad_lines:
             job_id = log.job_id_from_ad(ad_lines)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # not typing's: this module is on the banner path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # The knobs every VM type shares (the gahp never reads VM_MAX_NUMBER: the
 # startd evaluates it); each driver declares its own (drivers.registry).
 CORE_KNOBS = (
@@ -51,7 +55,7 @@ def read_knobs(vm_type: str | None = None) -> dict[str, str]:
     return values
 
 
-def _param_getter() -> Callable[[str], object]:  # noqa: F821 (annotation only)
+def _param_getter() -> Callable[[str], object]:
     """HTCondor's own ``param()`` lookup.
 
     The ``htcondor2`` package imports some twenty Python modules we do not

@@ -23,18 +23,29 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from vmgahp import log
 from vmgahp.protocol.session import Dispatch, GahpSession, Quit, Request, Send
 from vmgahp.protocol.wire import LineFramer
 
-if TYPE_CHECKING:
-    from vmgahp.vm.runtime import Runtime
+
+class RequestRunner(Protocol):
+    """What the command loop needs of the runtime: vm.runtime.Runtime, or
+    the CLI's wrapper of it that binds the job id to the log."""
+
+    def prepare_for_start(self) -> None: ...
+
+    def submit(self, request: Request) -> None: ...
+
+    def close(self) -> None: ...
+
 
 READ_SIZE = 65536
+SWITCH_INTERVAL = 0.0002  # seconds (sys.setswitchinterval)
 _EXIT_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
 
 
@@ -45,7 +56,7 @@ class Daemon:
         self._held_since: float | None = None
         self.in_fd = in_fd
         self.out_fd = out_fd
-        self.runtime: Runtime | None = None
+        self.runtime: RequestRunner | None = None
         self._lock = threading.RLock()
         self._framer = LineFramer()
         self._output_broken = False
@@ -124,21 +135,27 @@ class Daemon:
         exception nobody expected - every VM this gahp started is destroyed
         before ``serve`` returns or raises (the ``finally``)."""
         assert self.runtime is not None
+        # A reply waits for the interpreter while a worker thread holds it, up
+        # to the switch interval (5 ms by default): the command loop wants it
+        # back within a fraction of a STATUS round trip. Workers mostly wait
+        # in hypervisor calls, which release it anyway.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         old_wakeup = signal.set_wakeup_fd(wake_write)
         for signum in _EXIT_SIGNALS:
             signal.signal(signum, _ignore)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # DaemonCore reconfig: nothing to re-read
-        selector = selectors.DefaultSelector()
-        selector.register(self.in_fd, selectors.EVENT_READ, "stdin")
-        selector.register(wake_read, selectors.EVENT_READ, "signal")
+        selector: selectors.BaseSelector | None = None
         try:
+            selector = _selector_for(self.in_fd)
+            selector.register(wake_read, selectors.EVENT_READ, "signal")
             return self._loop(selector, wake_read)
         finally:
             self.runtime.close()  # idempotent: QUIT may have closed it already
             signal.set_wakeup_fd(old_wakeup)
-            selector.close()
+            if selector is not None:
+                selector.close()
             os.close(wake_read)
             os.close(wake_write)
 
@@ -180,6 +197,19 @@ class Daemon:
                         return 0
         log.get().info("stdout_closed", detail="the starter went away, exiting")
         return 0
+
+
+def _selector_for(fd: int) -> selectors.BaseSelector:
+    """A selector watching ``fd``: epoll refuses regular files and /dev/null
+    (a hand-run gahp's stdin), select() takes any fd and finds it readable."""
+    selector: selectors.BaseSelector = selectors.DefaultSelector()
+    try:
+        selector.register(fd, selectors.EVENT_READ, "stdin")
+    except PermissionError:
+        selector.close()
+        selector = selectors.SelectSelector()
+        selector.register(fd, selectors.EVENT_READ, "stdin")
+    return selector
 
 
 def _ignore(_signum: int, _frame: object) -> None:

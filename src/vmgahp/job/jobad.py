@@ -1,60 +1,43 @@
-"""The job ClassAd as the starter sends it, parsed with HTCondor's library.
+"""The job ClassAd as the starter sends it, evaluated with HTCondor's library.
 
 Each ``Name = expression`` line of the CLASSAD block is parsed on its own with
 ``classad2`` (old ClassAd syntax); a line that does not parse is dropped and
-logged, as the C++ gahp does. Lookups follow HTCondor semantics: names are
-case-insensitive, expressions are evaluated in the ad, integers accept reals
+logged, as the C++ gahp does. The parsing and evaluation are
+:mod:`vmgahp.job.ad_values`'s - in a child process for the gahp
+(:mod:`vmgahp.job.ad_reader`), in-process for ``JobAd(lines)``. Lookups follow
+HTCondor semantics: names are case-insensitive, integers accept reals
 (truncated) and booleans accept numbers.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+from vmgahp.job.ad_values import Entry
 
 
 class JobAd:
     """A read-only view of the job ad with typed, HTCondor-style getters."""
 
-    def __init__(self, lines: tuple[str, ...] | list[str]) -> None:
-        import classad2  # deferred: only START needs the ClassAd library
+    def __init__(self, lines: tuple[str, ...] | list[str] | None = None) -> None:
+        from vmgahp.job.ad_values import evaluate
 
-        self._classad2 = classad2
-        self.ad = classad2.ClassAd()
-        self.dropped: list[str] = []
-        for line in lines:
-            if not self._insert(line):
-                self.dropped.append(line)
+        entries, self.dropped = evaluate(lines or ())
+        self._entries: dict[str, Entry] = {name.lower(): (name, value, text) for name, value, text in entries}
 
-    def _insert(self, line: str) -> bool:
-        name, sep, value = line.lstrip().partition("=")
-        name = name.strip()
-        if not sep or not _NAME.match(name) or not value.strip():
-            return False
-        try:
-            parsed = self._classad2.parseOne(f"{name} = {value.strip()}", self._classad2.ParserType.Old)
-        except Exception:  # classad2 raises its own ClassAdException types
-            return False
-        if name not in parsed:
-            return False
-        self.ad[name] = parsed.lookup(name)
-        return True
+    @classmethod
+    def from_entries(cls, entries: list[Entry], dropped: list[str]) -> "JobAd":
+        ad = cls.__new__(cls)  # not __init__: that evaluates with classad2 here
+        ad._entries = {name.lower(): (name, value, text) for name, value, text in entries}
+        ad.dropped = list(dropped)
+        return ad
 
     def __contains__(self, name: str) -> bool:
-        return name in self.ad
+        return name.lower() in self._entries
 
     def _value(self, name: str) -> Any:
-        if name not in self.ad:
-            return None
-        try:
-            value = self.ad.eval(name)
-        except Exception:
-            return None
-        if isinstance(value, self._classad2.Value):  # UNDEFINED or ERROR
-            return None
-        return value
+        entry = self._entries.get(name.lower())
+        return None if entry is None else entry[1]
 
     def get_str(self, name: str) -> str | None:
         value = self._value(name)
@@ -77,15 +60,17 @@ class JobAd:
         return None
 
     def set_str(self, name: str, value: str) -> None:
-        self.ad[name] = value
+        # Printed as ClassAd prints a string literal (sPrintAd, for the XML script).
+        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        self._entries[name.lower()] = (name, value, text)
 
     def print_sorted(self, exclude_private: bool = True) -> str:
         """``Name = value`` lines sorted by name, as sPrintAd feeds the XML script."""
         lines = []
-        for name in sorted(self.ad.keys(), key=str.lower):
+        for name, _, text in sorted(self._entries.values(), key=lambda entry: entry[0].lower()):
             if exclude_private and _is_private(name):
                 continue
-            lines.append(f"{name} = {self.ad.lookup(name)}")
+            lines.append(f"{name} = {text}")
         return "\n".join(lines) + "\n"
 
 

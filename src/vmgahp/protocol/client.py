@@ -35,7 +35,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Union
+from enum import Enum
+from typing import Final, NamedTuple, Optional, Union
 
 from vmgahp.protocol import commands, wire
 from vmgahp.protocol.commands import Kind
@@ -116,12 +117,18 @@ class Closed:
     partial: bytes = b""  # a line cut short by EOF, dropped
 
 
-class _NeedData:
+class _NeedData(Enum):
+    """A one-member enum, so that ``event is NEED_DATA`` narrows the type."""
+
+    NEED_DATA = "NEED_DATA"
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
+    __str__ = __repr__
 
-NEED_DATA = _NeedData()
+
+NEED_DATA: Final = _NeedData.NEED_DATA
 Event = Union[Banner, Notification, Reply, Results, Unexpected, Closed]
 
 
@@ -266,9 +273,10 @@ class GahpClient:
         line = classify(text, self.in_ad)
         self.in_ad = line.in_ad
         if line.reply != NO_REPLY:
-            registered = line.request_id is not None and not self._in_use(line.request_id)
-            if registered:
-                self._pending.add(line.request_id)  # type: ignore[arg-type]
+            registered = False
+            if line.request_id is not None and not self._in_use(line.request_id):
+                self._pending.add(line.request_id)
+                registered = True
             self._due.append((line, registered))
         return text.encode("utf-8", "surrogateescape") + b"\r\n"
 
@@ -343,8 +351,8 @@ class GahpClient:
             self._batch = (reply, [], [], count)
             return self._end_batch() if count == 0 else None
         if registered and not reply.ok:  # refused: no result will come
-            self._pending.discard(line.request_id)  # type: ignore[arg-type]
-            self._abandoned.discard(line.request_id)  # type: ignore[arg-type]
+            self._pending.discard(line.request_id)
+            self._abandoned.discard(line.request_id)
         return reply
 
     def _result_line(self, words: tuple[str, ...], raw: str) -> Results | None:

@@ -136,8 +136,7 @@ class GahpSession:
             # ASCII only, as strcasecmp: str.lower() folds the Kelvin sign to 'k'.
             if not argument.isascii() or vm_type not in self.supported_types:
                 return [_E]
-            usable = self._ad_lines is not None and not self.ad_too_big
-            ad = tuple(self._ad_lines) if usable else None
+            ad = tuple(self._ad_lines) if self._ad_lines is not None and not self.ad_too_big else None
             request = Request(request_id, spec.name, vm_type=vm_type, ad_lines=ad)
         else:
             vm_id = wire.parse_vm_id(argument)

@@ -17,10 +17,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from vmgahp.protocol import client as protocol
-from vmgahp.protocol.client import NEED_DATA, Banner, GahpClient, Notification, ProtocolError, Reply, Result, Results
+from vmgahp.protocol.client import (
+    NEED_DATA,
+    Banner,
+    Closed,
+    GahpClient,
+    Notification,
+    ProtocolError,
+    Reply,
+    Result,
+    Results,
+    Unexpected,
+)
 
 BANNER_TIMEOUT = 90.0  # the gahp checks its configuration and the hypervisor first (up to 30 s)
 REPLY_TIMEOUT = 60.0  # an immediate S/E reply; the real starter would wait forever
@@ -28,6 +39,8 @@ BLOCKING_POLL = 2.0  # a blocking request polls RESULTS this often (vm_gahp_serv
 QUIT_TIMEOUT = 60.0  # QUIT destroys the VMs first (bounded by the gahp)
 EXIT_TIMEOUT = 30.0
 KILL_MODE_TIMEOUT = 90.0
+# What the gahp can say while it runs; EOF never reaches the client (GahpDied).
+Line = Banner | Notification | Reply | Results | Unexpected
 
 
 class GahpFailure(Exception):
@@ -52,7 +65,7 @@ class Interrupts:
         for fd in (self._read, self._write):
             os.set_blocking(fd, False)
             fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-        self._saved: dict[int, object] = {}
+        self._saved: dict[int, Callable[..., object] | int | None] = {}  # what signal.signal returned
         self._saved_fd: int | None = None
 
     @property
@@ -80,7 +93,7 @@ class Interrupts:
 
     def restore(self) -> None:
         for signum, handler in self._saved.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            signal.signal(signum, handler)
         if self._saved_fd is not None:
             signal.set_wakeup_fd(self._saved_fd)
         self._saved.clear()
@@ -163,13 +176,15 @@ class Gahp:
                 self.client.receive_data(chunk)
                 return True
 
-    def _event(self, until: float, *, interruptible: bool) -> protocol.Event | None:
+    def _event(self, until: float, *, interruptible: bool) -> Line | None:
         """The next event, or None when ``until`` passed (or a signal, if ``interruptible``)."""
         while True:
             try:
                 event = self.client.next_event()
             except ProtocolError as exc:
                 raise GahpFailure(f"the gahp broke the protocol: {exc}") from exc
+            if isinstance(event, Closed):  # not met: _fill raises GahpDied at EOF, the client is never told
+                raise GahpDied("the gahp closed its stdout")
             if event is not NEED_DATA:
                 for line in (event.line, *getattr(event, "lines", ())):
                     self._trace("<", line)
@@ -180,9 +195,9 @@ class Gahp:
     def read_line(self, timeout: float) -> str:
         """The next line, whatever it is (a first interrupt does not cut it short);
         for a RESULTS reply, its ``S <n>`` line."""
-        return self._next(timeout).line  # type: ignore[union-attr]
+        return self._next(timeout).line
 
-    def _next(self, timeout: float) -> protocol.Event:
+    def _next(self, timeout: float) -> Line:
         until = time.monotonic() + timeout
         while True:
             event = self._event(until, interruptible=False)
@@ -195,7 +210,7 @@ class Gahp:
     def is_notification(line: str) -> bool:
         return protocol.is_notification(protocol.argv_words(line))  # read_argv: any one-word R... line
 
-    def _answer(self, timeout: float) -> protocol.Event:
+    def _answer(self, timeout: float) -> Line:
         """The next event that is not an ``R`` notification (those are noted)."""
         while True:
             event = self._next(timeout)
@@ -205,7 +220,7 @@ class Gahp:
 
     def reply(self, timeout: float = REPLY_TIMEOUT) -> str:
         """The next line that is not an ``R`` notification."""
-        return self._answer(timeout).line  # type: ignore[union-attr]
+        return self._answer(timeout).line
 
     def exchange(self, line: str, timeout: float = REPLY_TIMEOUT) -> Reply:
         self.send(line)

@@ -25,7 +25,24 @@ from pathlib import Path
 
 from vmgahp.run import submit_legacy as legacy
 from vmgahp.run.submit_file import Custom, SubmitDescription, SubmitError, load, scan
-from vmgahp.run.submit_known import KNOWN, NO_STD_FILES, VM_TYPES, VM_UNIVERSE, XEN_KERNEL_KEYWORDS, Command, check_vm_type, cross_rules, file_transfer, parse_bool, parse_mib, quote, request_resources, strip_outer_quotes, split_list, untransferred_files
+from vmgahp.run.submit_known import (
+    KNOWN,
+    NO_STD_FILES,
+    VM_TYPES,
+    VM_UNIVERSE,
+    XEN_KERNEL_KEYWORDS,
+    Command,
+    check_vm_type,
+    cross_rules,
+    file_transfer,
+    parse_bool,
+    parse_mib,
+    quote,
+    request_resources,
+    split_list,
+    strip_outer_quotes,
+    untransferred_files,
+)
 from vmgahp.run.submit_legacy import LEGACY, PoolHint
 
 __all__ = [
@@ -188,7 +205,8 @@ def build(
         memory_mib=memory if isinstance(memory, int) and not isinstance(memory, bool) else 0,
         vcpus=max(vcpus, 1) if isinstance(vcpus, int) and not isinstance(vcpus, bool) else 1,
         checkpoint=final.get("JobVMCheckpoint") is True,  # what the starter reads (spec 6.7)
-        snapshot_disk=final.get("VMPARAM_vm_Snapshot_Disk") is True,
+        snapshot_disk=(final.get("VMPARAM_vm_Snapshot_Disk") is True if vm_type != "vmware"
+                       else final.get("VMPARAM_VMware_SnapshotDisk") is not False),  # the gahp's default: true
         no_output_vm=final.get("VMPARAM_No_Output_VM") is True,
         iwd=iwd,
         inputs=ctx.inputs,
@@ -232,6 +250,7 @@ def _known_commands(ctx: Context) -> None:
             if cmd.default is not None:
                 ad[cmd.attr] = cmd.default
             continue
+        assert key is not None  # lookup gives every value with its key
         converted = cmd.convert(ctx, cmd, key, value)
         if converted is not None:
             ad[cmd.attr] = converted
@@ -303,7 +322,7 @@ def _forced_attributes(ctx: Context, forced: list[tuple[str, str, str, int]]) ->
             raise SubmitError(d.path, attr.line, f"+{attr.name}: a value with a line break cannot be sent to the gahp")
         try:
             classad2.ExprTree(attr.value)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a submit error
             raise SubmitError(
                 d.path, attr.line,
                 f"+{attr.name} = {attr.value} is not a valid ClassAd expression (did you forget to quote a string?)",

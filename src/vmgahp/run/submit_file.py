@@ -257,7 +257,8 @@ def load(path: str | os.PathLike[str]) -> SubmitDescription:
         if leftover:
             raise SubmitError(path, line, f"cannot expand the macro in {value.strip()!r} near {leftover.group(0)!r}")
     # "+Name =" with nothing after it is assigned undefined (SetForcedAttributes, submit_utils.cpp:2704-2708)
-    description.custom = {k: v if v.value else Custom(v.name, "undefined", v.line) for k, v in description.custom.items()}
+    description.custom = {k: v if v.value else Custom(v.name, "undefined", v.line)
+                          for k, v in description.custom.items()}
     return description
 
 

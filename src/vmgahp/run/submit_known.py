@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from vmgahp.run.submit_file import SubmitDescription
 
 VM_UNIVERSE = 13  # CONDOR_UNIVERSE_VM (src/condor_includes/condor_universe.h)
-VM_TYPES = ("kvm", "xen")
+VM_TYPES = ("kvm", "xen", "vmware")
+DISK_VM_TYPES = ("kvm", "xen")  # vm_disk; a VMware job's disks come from vmware_dir
 XEN_KERNEL_KEYWORDS = ("included", "vmx")  # XEN_KERNEL_INCLUDED, XEN_KERNEL_HW_VT
 SOURCE = "src/condor_utils/submit_utils.cpp@7491a145f6"
 
@@ -84,7 +85,9 @@ def parse_mib(value: str) -> int | None:
     rest = text[end:]
     fraction = 0.0
     if rest.startswith("."):
-        digits = re.match(r"\.([0-9]*)", rest).group(1)  # type: ignore[union-attr]
+        match = re.match(r"\.([0-9]*)", rest)
+        assert match is not None  # rest starts with "."
+        digits = match.group(1)
         fraction = sum(int(d) / 10 ** (i + 1) for i, d in enumerate(digits[:3]))
         rest = rest[1 + len(digits) :]
     if len(rest) == len(text):  # not even a digit or a '.'
@@ -226,7 +229,7 @@ KNOWN: tuple[Command, ...] = (
     Command(("xen_root",), "VMPARAM_Xen_Root", _string, "6981-6992", vm_types=("xen",)),
     Command(("xen_kernel_params", "vmparam_xen_kernel_params"), "VMPARAM_Xen_Kernel_Params", _kernel_params,
             "6995-6999", vm_types=("xen",)),
-    Command(("vm_disk",), "VMPARAM_vm_Disk", _disk, "7003-7025", required=True),
+    Command(("vm_disk",), "VMPARAM_vm_Disk", _disk, "7003-7025", vm_types=DISK_VM_TYPES, required=True),
 )
 
 # VM universe has no standard streams (SetStdFile, 1617-1622).
@@ -241,10 +244,8 @@ def check_vm_type(d: SubmitDescription) -> str:
         # condor_submit 25 no longer checks (SetVMParams 6806-6818), but no
         # machine matches a job without a JobVMType (SetRequirements 6034-6038).
         raise d.error(None, "vm_type cannot be found; set 'vm_type = kvm' (or xen) for a VM-universe job")
-    if vm_type == "vmware":  # 7027-7030
-        raise d.error(key, "a vm_type of 'vmware' is no longer supported (HTCondor removed it; use kvm or xen)")
     if vm_type not in VM_TYPES:
-        raise d.error(key, f"unknown vm_type {value!r}: vmgahp runs kvm and xen "
+        raise d.error(key, f"unknown vm_type {value!r}: vmgahp runs kvm, xen and vmware "
                            "(condor_submit accepts it, but no machine would ever run the job)")
     return vm_type
 
@@ -310,7 +311,7 @@ def _expression(ctx: Context, key: str, value: str) -> str:
 
     try:
         classad2.ExprTree(value)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a submit error
         raise ctx.description.error(key, f"{key} = {value} is not a valid ClassAd expression") from exc
     return value
 

@@ -23,8 +23,9 @@ Where the old meanings come from:
   ``xen_disk`` and ``kvm_disk`` (7703-7741, the old spellings of the disk list);
 * ``d763aad063^:src/condor_utils/submit_utils.cpp`` (the last VMware support):
   ``vmware_should_transfer_files`` (7120-7140), ``vmware_snapshot_disk``
-  (7152-7165), ``vmware_dir`` (7167-7197, 7244-7280). Ready for a VMware
-  backend; until then ``vm_type = vmware`` is refused before they are read;
+  (7152-7165), ``vmware_dir`` (7167-7197, 7244-7280), both required for
+  ``vm_type = vmware`` as they were then (HTCondor 25's condor_submit refuses
+  vmware outright, 7027-7030: ``vmgahp run`` says so in a warning);
 * vmgahp's own: ``vm_snapshot_disk`` (``VMPARAM_vm_Snapshot_Disk``, qcow2
   overlays) and ``vm_hardware_vt`` (``JobVMHardwareVT``, which condor_submit
   sets itself only for ``xen_kernel = vmx``, submit_utils.cpp:6958-6963).
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from vmgahp.run.submit_known import VM_TYPES, parse_bool, quote, split_list
+from vmgahp.run.submit_known import DISK_VM_TYPES, VM_TYPES, parse_bool, quote, split_list
 
 if TYPE_CHECKING:
     from vmgahp.run.submit import Context
@@ -96,7 +97,8 @@ def _cdrom_files(ctx: Context, entry: Legacy, key: str, value: str) -> Effect:
     d = ctx.description
     files = _items(value)
     if any(name.lower().endswith(".iso") for name in files) and len(files) > 1:  # 7543-7550
-        raise d.error(key, f"{key}: give either one .iso file or any number of plain files, not an .iso with other files")
+        raise d.error(key, f"{key}: give either one .iso file or any number of plain files,"
+                           " not an .iso with other files")
     should = d.get("vm_should_transfer_cdrom_files")
     transfer = None if should is None else parse_bool(should)
     if should is not None and transfer is None:
@@ -154,7 +156,8 @@ def _vmware_dir(ctx: Context, entry: Legacy, key: str, value: str) -> Effect:
         raise d.error(key, f"{key} = {value}: {directory} is not a directory")
     everything = bool(parse_bool(d.get("vmware_should_transfer_files") or "false"))
     effect = Effect([(entry.attrs[0], quote(str(directory), d, key))])
-    vmx, vmdk = [], []
+    vmx: list[str] = []
+    vmdk: list[str] = []
     for path in sorted(directory.iterdir()):
         if everything or path.name.endswith(".vmx"):
             effect.transfers += ctx.transfer(str(path), key, absolute=True)
@@ -167,6 +170,25 @@ def _vmware_dir(ctx: Context, entry: Legacy, key: str, value: str) -> Effect:
     return effect
 
 
+def _vmware_required(ctx: Context) -> None:
+    """The old submit's checks: both commands, and a boolean transfer flag (7120-7140, 7167-7173)."""
+    d = ctx.description
+    transfer = d.get("vmware_should_transfer_files")
+    if transfer is None:
+        raise d.error(None, "vmware_should_transfer_files cannot be found; a VMware job needs it "
+                            "('vmware_should_transfer_files = true' to send the VM's files,"
+                            " 'false' on a shared filesystem)")
+    if parse_bool(transfer) is None:
+        raise d.error("vmware_should_transfer_files", "vmware_should_transfer_files must be true or false")
+    if d.get("vmware_dir") is None:
+        raise d.error(None, "vmware_dir cannot be found; a VMware job needs it, e.g. 'vmware_dir = vm' "
+                            "(the directory with the .vmx and .vmdk files)")
+    ctx.warnings.append(d.warning(d.lookup("vm_type", "jobvmtype")[0] or "vm_type",
+                                  "condor_submit (HTCondor 25) refuses vm_type = vmware (submit_utils.cpp:7027-7030); "
+                                  "on a pool the job needs a condor_submit that still knows it, or a job ad "
+                                  "written with the VMPARAM_VMware_* attributes below"))
+
+
 LEGACY: tuple[Legacy, ...] = (
     Legacy("vm_cdrom_files", ("VMPARAM_CDROM_Files",), _cdrom_files, f"{OLD_SUBMIT}:7466-7557"),
     Legacy("vm_should_transfer_cdrom_files", (), _should_transfer_cdrom, f"{OLD_SUBMIT}:7472-7501"),
@@ -176,7 +198,7 @@ LEGACY: tuple[Legacy, ...] = (
            ("xen",)),
     Legacy("kvm_transfer_files", ("VMPARAM_Kvm_Transfer_Files",), _transfer_files, f"{OLD_SUBMIT}:7564-7611",
            ("kvm",)),
-    Legacy("vm_snapshot_disk", ("VMPARAM_vm_Snapshot_Disk",), _bool_attr, "vmgahp: qcow2 overlays"),
+    Legacy("vm_snapshot_disk", ("VMPARAM_vm_Snapshot_Disk",), _bool_attr, "vmgahp: qcow2 overlays", DISK_VM_TYPES),
     Legacy("vm_hardware_vt", ("JobVMHardwareVT",), _bool_attr, "vmgahp; submit_utils.cpp:6958-6963 for vmx"),
     Legacy("vmware_should_transfer_files", ("VMPARAM_VMware_Transfer",), _bool_attr, f"{OLD_VMWARE}:7120-7140",
            ("vmware",)),
@@ -202,6 +224,8 @@ def apply(ctx: Context) -> tuple[list[tuple[str, str, str, int]], list[tuple[str
     (command, line, effect) in file order; the effect is None for a command that
     only changes another one's conversion."""
     d = ctx.description
+    if ctx.vm_type == "vmware":
+        _vmware_required(ctx)
     forced: list[tuple[str, str, str, int]] = []
     used: list[tuple[str, int, Effect | None]] = []
     effects: dict[str, Effect] = {}

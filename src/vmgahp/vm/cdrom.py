@@ -39,7 +39,6 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -47,10 +46,10 @@ from vmgahp import log
 from vmgahp.errors import GahpError
 from vmgahp.job.access import JobUser, ancestors_searchable, can_access, permits
 from vmgahp.job.model import CDROM_IMAGE as ISO_NAME
-from vmgahp.job.workdir import fsync_dir
-from vmgahp.vm.iso_names import assign_names, rr_name
 from vmgahp.job.model import Disk
+from vmgahp.job.workdir import fsync_dir
 from vmgahp.protocol import tokens
+from vmgahp.vm.iso_names import assign_names, rr_name
 
 if TYPE_CHECKING:
     from vmgahp.job.model import VmJob
@@ -350,7 +349,8 @@ def _build(roots: list[_Node], iso_path: str, job: VmJob, user: JobUser | None) 
                 sources.append(source)
                 # Keep the executable bit: a job script must run from the CD.
                 mode = FILE_MODE | (0o111 if node.mode & 0o111 else 0)
-                iso.add_fp(source, node.size, f"{node.iso_path};1", rr_name=node.rr_name,
+                iso.add_fp(source, node.size,  # type: ignore[arg-type]  # file-like: mode, read, seek, tell
+                           f"{node.iso_path};1", rr_name=node.rr_name,
                            joliet_path=node.joliet_path, file_mode=mode)
         fd, tmp = tempfile.mkstemp(prefix=".vmgahp-cdrom-", suffix=".tmp", dir=job.working_dir)
         with os.fdopen(fd, "wb") as out:

@@ -143,7 +143,8 @@ class VirtualMachine:
         if info.state is DomainState.RUNNING:
             utilization = self._cpu.sample(info.cpu_time_ns, info.vcpus)
             return format_status("Running", utilization=utilization, cpu_time=info.cpu_time_ns / 1e9,
-                                 memory_kib=info.memory_kib, max_memory_kib=info.max_memory_kib)
+                                 memory_kib=info.memory_kib, max_memory_kib=info.max_memory_kib,
+                                 mac=info.mac, ip=info.ip)  # when the hypervisor knows them (VMware)
         if info.state is DomainState.PAUSED:
             return "STATUS=Suspended"
         # The domain is gone or shut off. While this gahp is saving or

@@ -17,6 +17,7 @@ feeds to the session.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import deque
@@ -146,7 +147,8 @@ class Runtime:
         timeout = accepted + self.settings.call_timeout - time.monotonic()
         if timeout <= 0:
             logger.error("request_timed_out", token=tokens.INTERNAL,
-                         detail=f"waited {self.settings.call_timeout:g} s for a worker (the hypervisor is slow or hung)")
+                         detail=f"waited {self.settings.call_timeout:g} s for a worker"
+                                " (the hypervisor is slow or hung)")
             return False, tokens.INTERNAL
         is_start = request.command == "CONDOR_VM_START"
         try:
@@ -175,10 +177,10 @@ class Runtime:
 
         def warm() -> None:
             try:
-                import classad2  # noqa: F401
+                from vmgahp.job import ad_reader, model  # noqa: F401 - imported now, before the first START needs them
 
-                from vmgahp.job import jobad, model  # noqa: F401
-                from vmgahp.vm import cdrom  # noqa: F401
+                ad_reader.prepare()  # its interpreter and classad2 load while the ad arrives
+                from vmgahp.vm import cdrom  # noqa: F401 - as model
 
                 self._get_hypervisor().network_plan()
             except Exception as exc:  # START will report it properly
@@ -291,7 +293,7 @@ class Runtime:
                 vm.release()
         if hypervisor is not None and names:
             calls = [
-                (name, DeadlineCall(lambda n=name: hypervisor.destroy_by_name(n), name="vmgahp-cleanup",
+                (name, DeadlineCall(functools.partial(hypervisor.destroy_by_name, name), name="vmgahp-cleanup",
                                     essential=True))
                 for name in names
             ]

@@ -32,11 +32,12 @@ if TYPE_CHECKING:
 
 
 def read_ad(ad_lines: tuple[str, ...] | None, vm_type: str, gahp_vm_type: str):  # -> JobAd
-    from vmgahp.job.jobad import JobAd  # deferred: classad2 loads here
+    from vmgahp.job import ad_reader
+    from vmgahp.job.jobad import JobAd
 
     if ad_lines is None:
         raise GahpError(tokens.NO_JOBCLASSAD_INFO, "no job ad was sent")
-    ad = JobAd(ad_lines)
+    ad = JobAd.from_entries(*ad_reader.evaluate(ad_lines))  # classad2 in a child, not in the gahp
     for line in ad.dropped:
         log.get().warning("ad_line_ignored", line=line[:200])
     if ad.get_str("VM_WORKING_DIR") is None:

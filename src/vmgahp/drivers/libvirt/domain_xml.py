@@ -36,11 +36,11 @@ golden files in ``tests/golden/xen``, see ``tests/test_xen.py``):
 
 from __future__ import annotations
 
-from vmgahp.errors import VmgahpError
-
 import re
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
+
+from vmgahp.errors import VmgahpError
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
     from vmgahp.drivers.libvirt.firmware import Uefi

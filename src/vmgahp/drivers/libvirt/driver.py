@@ -24,9 +24,17 @@ from urllib.parse import urlsplit
 import libvirt
 
 from vmgahp import log
-from vmgahp.drivers.base import (Capability, DomainState, HostCheckError, HostError, Hypervisor,
-                                 HypervisorError, JobImageError, SavedState)
-from vmgahp.drivers.libvirt import firmware, images, job_ad, overlays, save_image, state
+from vmgahp.drivers.base import (
+    Capability,
+    DomainState,
+    HostCheckError,
+    HostError,
+    Hypervisor,
+    HypervisorError,
+    JobImageError,
+    SavedState,
+)
+from vmgahp.drivers.libvirt import firmware, images, overlays, save_image, state
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
 from vmgahp.drivers.libvirt.domain import LibvirtDomain
 from vmgahp.drivers.libvirt.domain_xml import DomainXmlError, build_domain_xml
@@ -223,6 +231,8 @@ class LibvirtHypervisor(Hypervisor):
 
     # ------------------------------------------------------------------ disks
     def read_job(self, ad: JobAd, job: VmJob, user: JobUser | None) -> VmJob:
+        from vmgahp.drivers.libvirt import job_ad  # pydantic: not on the probe's and banner's path
+
         return job_ad.read_job(ad, job, user, self.libvirt)
 
     def prepare(self, job: VmJob, restored: SavedState | None, avoid: frozenset[str] = frozenset()) -> VmJob:
@@ -329,6 +339,7 @@ class LibvirtHypervisor(Hypervisor):
     def _restore_from(self, source: save_image.Source, dxml: str | None, name: str, file: str) -> None:
         """libvirt's restore from ``source``; a damaged compressed state is the
         job's image, whether libvirt noticed or only the decompressor did."""
+        stop_watching = source.abort_when_failed(lambda: self._destroy_incoming(name))
         try:
             try:
                 self.connection.call(lambda conn: conn.restoreFlags(source.path, dxml, 0))
@@ -338,10 +349,13 @@ class LibvirtHypervisor(Hypervisor):
                 log.get().warning("restore_xml_refused", uri=self.uri, detail=error_message(exc))
                 self.connection.call(lambda conn: conn.restore(source.path))
         except libvirt.libvirtError as exc:
+            stop_watching()
             damage = source.damage()
             if damage:
                 raise JobImageError(f"checkpoint memory state {os.path.basename(file)} is damaged ({damage})") from exc
             raise restore_failure(exc, f"restore of {name} from {file}") from exc
+        finally:
+            stop_watching()
         damage = source.damage()
         if damage:
             # Read to its end and only then found bad: a guest with that
@@ -350,6 +364,16 @@ class LibvirtHypervisor(Hypervisor):
             if domain is not None:
                 domain.destroy()
             raise JobImageError(f"checkpoint memory state {os.path.basename(file)} is damaged ({damage})")
+
+    def _destroy_incoming(self, name: str) -> None:
+        """End the domain a failed restore is filling (ours: restore checked
+        that no domain had its name)."""
+        try:
+            domain = self.connection.call(lambda conn: conn.lookupByName(name))
+            domain.destroy()
+            log.get().warning("restore_stream_failed", name=name, action="domain destroyed")
+        except libvirt.libvirtError:
+            pass  # not there yet, or already gone
 
     def _moved_disks_xml(self, job: VmJob, file: str) -> str | None:
         """The image's XML with the job's current disk paths, if any moved.

@@ -49,8 +49,10 @@ class XenBoot(BaseModel):
     @property
     def mode(self) -> Literal["included", "vmx", "kernel"]:
         lowered = self.kernel.lower()
-        if lowered in ("included", "vmx"):
-            return lowered  # type: ignore[return-value]
+        if lowered == "included":
+            return "included"
+        if lowered == "vmx":
+            return "vmx"
         return "kernel"
 
 

@@ -58,7 +58,7 @@ def generation_of(device: str, name: str) -> int | None:
 
 def generations(working_dir: str, device: str) -> dict[int, Path]:
     """The overlays of ``device`` in the working directory, by generation."""
-    found = {}
+    found: dict[int, Path] = {}
     try:
         names = os.listdir(working_dir)
     except OSError:
@@ -199,7 +199,7 @@ def commit_down(job: VmJob) -> None:
         except (HostError, JobImageError) as exc:
             log.get().error("overlay_commit_failed", overlay=disk.path, detail=exc.message)
             continue
-        for generation, path in existing.items():
+        for path in existing.values():
             if path != first:
                 path.unlink(missing_ok=True)
         log.get().info("overlays_committed", into=first.name, layers=len(existing))

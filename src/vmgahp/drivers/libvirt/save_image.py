@@ -115,7 +115,9 @@ class _Follower:
         self.error: BaseException | None = None
         self.refused = ""  # why this image is not one to compress
         self.start = 0     # where QEMU's stream begins: header and XML are before it
-        with open(target, "wb") as out:
+        # Guest memory: readable by no one else, as libvirt makes its own saves.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out:
             out.seek(SLOT)
             # The child shares this file description, so it writes from SLOT on.
             self.proc = subprocess.Popen(
@@ -235,6 +237,25 @@ class Source:
         if self.hold is not None:
             os.close(self.hold)
             self.hold = None
+
+    def abort_when_failed(self, abort: Callable[[], None], poll: float = 0.2) -> Callable[[], None]:
+        """While libvirt reads: once the decompressor has failed, call
+        ``abort`` every ``poll`` s (the domain may appear only after the
+        failure) until the returned function is called. QEMU waits for the
+        rest of a stream that ends early, so libvirt's restore never returns
+        on a truncated state unless its domain is destroyed."""
+        done = threading.Event()
+        if self.proc is None:
+            return done.set
+
+        def watch() -> None:
+            assert self.proc is not None
+            while not done.wait(poll):
+                if self.proc.poll() not in (None, 0) or self.feed_error is not None:
+                    abort()
+
+        threading.Thread(target=watch, daemon=True, name="restore-watch").start()
+        return done.set
 
     def damage(self, wait: float = FINISH_SECONDS) -> str:
         """Why the decompressed stream is not the state, "" if it is whole.

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 # The C++ rule: qemu's complaint about a disk declared qcow2 that is not.
 BAD_IMAGE_TEXT = "image is not in qcow2 format"
 # libvirt rejected the domain description itself (schema, syntax).
-DESCRIPTION_CODES = frozenset({libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL, libvirt.VIR_ERR_XML_INVALID_SCHEMA})
+DESCRIPTION_CODES = frozenset({libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL,
+                               libvirt.VIR_ERR_XML_INVALID_SCHEMA})
 # QEMU or the storage code failed: the job's image, or the host - look at the image.
 AMBIGUOUS = frozenset({(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_QEMU),
                        (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_STORAGE),

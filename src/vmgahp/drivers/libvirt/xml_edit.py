@@ -11,12 +11,12 @@ changes only what it means to change.
 
 from __future__ import annotations
 
-from vmgahp.errors import VmgahpError
-
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 from xml.dom import minidom
 from xml.parsers.expat import ExpatError
+
+from vmgahp.errors import VmgahpError
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
     from vmgahp.job.model import Disk

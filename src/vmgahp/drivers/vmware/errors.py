@@ -72,7 +72,7 @@ class Secret:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:  # never pickled into a worker or a file
+    def __reduce__(self) -> str | tuple[object, ...]:  # never pickled into a worker or a file
         raise TypeError("a Secret cannot be pickled")
 
 

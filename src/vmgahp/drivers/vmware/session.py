@@ -204,7 +204,7 @@ class Session:
         raise VSphereError(f"{what}: the session kept expiring", fault="NotAuthenticated")
 
     def translate(self, exc: BaseException, what: str) -> VSphereError | None:
-        from pyVmomi import vim, vmodl
+        from pyVmomi import vmodl
 
         if isinstance(exc, VSphereError):
             return exc
@@ -222,14 +222,21 @@ class Session:
         pc = self.content.propertyCollector
         spec = vmodl.query.PropertyCollector.FilterSpec(objectSet=list(obj_specs), propSet=list(prop_specs))
         options = vmodl.query.PropertyCollector.RetrieveOptions()
-        result = self.invoke(what, deadline, pc.RetrievePropertiesEx, [spec], options, per_session=per_session)
+
+        def call(method: Callable[..., Any], *args: Any) -> Any:
+            result = method(*args)
+            _raise_unauthenticated(result)
+            return result
+
+        result = self.invoke(what, deadline, call, pc.RetrievePropertiesEx, [spec], options, per_session=per_session)
         found: list[tuple[Any, dict[str, Any]]] = []
         while result is not None:
             for item in result.objects or []:
                 found.append((item.obj, {p.name: p.val for p in item.propSet or []}))
             if not result.token:
                 break
-            result = self.invoke(what, deadline, pc.ContinueRetrievePropertiesEx, result.token, per_session=per_session)
+            result = self.invoke(what, deadline, call, pc.ContinueRetrievePropertiesEx, result.token,
+                                 per_session=per_session)  # fmt: skip
         return found
 
     def props(self, obj: Any, paths: Sequence[str], deadline: Deadline, what: str = "") -> dict[str, Any]:
@@ -251,6 +258,18 @@ class Session:
     @property
     def generation(self) -> int:
         return self._generation
+
+
+def _raise_unauthenticated(result: Any) -> None:
+    """An expired session's read can come back as properties "missing" with
+    NotAuthenticated (vcsim does this) rather than as a fault of the call:
+    raise it, so that ``invoke`` logs in again and repeats the read."""
+    from pyVmomi import vim
+
+    for item in getattr(result, "objects", None) or []:
+        for missing in item.missingSet or []:
+            if isinstance(missing.fault, vim.fault.NotAuthenticated):
+                raise missing.fault
 
 
 def fault_error(fault: Any, what: str, secret: Secret | None = None) -> VSphereError:

@@ -83,7 +83,7 @@ def config_spec(spec: VmSpec, devices: Sequence[Any], network: Network | None, v
     """
     from pyVmomi import vim
 
-    config = vim.vm.ConfigSpec()
+    config: Any = vim.vm.ConfigSpec()  # pyVmomi's stubs type unset fields as None
     if spec.memory_mb is not None:
         config.memoryMB = spec.memory_mb
     if spec.cpus is not None:
@@ -103,7 +103,7 @@ def config_spec(spec: VmSpec, devices: Sequence[Any], network: Network | None, v
 def _change(operation: str, device: Any, file_operation: str | None = None) -> Any:
     from pyVmomi import vim
 
-    change = vim.vm.device.VirtualDeviceSpec(operation=operation, device=device)
+    change: Any = vim.vm.device.VirtualDeviceSpec(operation=operation, device=device)
     if file_operation:
         change.fileOperation = file_operation
     return change

@@ -94,7 +94,7 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
                 self.close()
                 raise PinMismatch("the server's certificate does not match the pinned SHA-256 thumbprint")
 
-    def request(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+    def request(self, *args: object, **kwargs: object) -> None:
         timeout = _timeout(None)
         if timeout is not None:
             self.timeout = timeout
@@ -113,13 +113,14 @@ class Trust:
 
     ca_file: str | None = None
     thumbprint: str | None = None  # normalized by __post_init__
+    verify: bool = True  # False only by the admin's VMWARE_TLS_VERIFY = false: no check at all
 
     def __post_init__(self) -> None:
         if self.thumbprint is not None:
             object.__setattr__(self, "thumbprint", normalize_thumbprint(self.thumbprint))
 
     def ssl_context(self) -> ssl.SSLContext:
-        if self.thumbprint is not None and self.ca_file is None:
+        if not self.verify or (self.thumbprint is not None and self.ca_file is None):
             # The pin replaces chain and name checks; PinnedHTTPSConnection checks it.
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
@@ -133,6 +134,8 @@ class Trust:
         return context
 
     def describe(self) -> str:
+        if not self.verify:
+            return "nothing (VMWARE_TLS_VERIFY = false)"
         if self.thumbprint:
             return "pinned thumbprint" + (f" and CA file {self.ca_file}" if self.ca_file else "")
         return f"CA file {self.ca_file}" if self.ca_file else "the system CAs"

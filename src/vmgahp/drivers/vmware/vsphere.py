@@ -218,7 +218,7 @@ class VSphere:
 
         paths = ["config.hardware.memoryMB", "config.hardware.numCPU", "config.hardware.device", "config.extraConfig"]
         props = self.session.props(vm.obj, paths, self.deadline(timeout), f"settings of {vm.name}")
-        devices = props.get("config.hardware.device", [])
+        devices: list[Any] = list(props.get("config.hardware.device", []))  # the stubs' unions: read as sent
         nics = tuple(
             Nic(d.macAddress, d.addressType, getattr(d.backing, "deviceName", None)
                 or getattr(getattr(d.backing, "port", None), "portgroupKey", None), type(d).__name__.split(".")[-1])
@@ -226,11 +226,7 @@ class VSphere:
         )  # fmt: skip
         isos = tuple(d.backing.fileName for d in devices if isinstance(d, vim.vm.device.VirtualCdrom)
                      and isinstance(d.backing, vim.vm.device.VirtualCdrom.IsoBackingInfo))  # fmt: skip
-        disks = tuple(
-            Disk(d.backing.fileName, getattr(getattr(d.backing, "parent", None), "fileName", None),
-                 d.controllerKey, d.unitNumber)
-            for d in devices if isinstance(d, vim.vm.device.VirtualDisk)
-        )  # fmt: skip
+        disks = tuple(_disk_of(d) for d in devices if isinstance(d, vim.vm.device.VirtualDisk))
         return VmSettings(
             memory_mb=int(props["config.hardware.memoryMB"]),
             cpus=int(props["config.hardware.numCPU"]),
@@ -257,3 +253,8 @@ def _nics(devices: Sequence[Any]) -> list[Any]:
 
     return [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
 
+
+def _disk_of(device: Any) -> Disk:
+    """A VirtualDisk as the server has it (a file backing: the stubs allow none)."""
+    parent = getattr(device.backing, "parent", None)
+    return Disk(device.backing.fileName, getattr(parent, "fileName", None), device.controllerKey, device.unitNumber)
