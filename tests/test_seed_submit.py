@@ -124,8 +124,8 @@ def test_vm_should_transfer_cdrom_files(base: Path) -> None:
     sent = started(h.run_job(base, kvm("vm_cdrom_files = input.txt", "vm_should_transfer_cdrom_files = true"), files))
     assert sent.ad["VMPARAM_CDROM_Files"] == '"input.txt"' and "input.txt" in sent.ad["TransferInput"]
     assert (sent.scratch / "input.txt").exists()
-    here = started(h.run_job(base, kvm(f"vm_cdrom_files = {shared}/input.txt", "vm_should_transfer_cdrom_files = false"),
-                             files, name="shared"))
+    submit = kvm(f"vm_cdrom_files = {shared}/input.txt", "vm_should_transfer_cdrom_files = false")
+    here = started(h.run_job(base, submit, files, name="shared"))
     assert here.ad["VMPARAM_CDROM_Files"] == f'"{shared}/input.txt"'
     assert "input.txt" not in here.ad["TransferInput"] and not (here.scratch / "input.txt").exists()
     assert here.event("cdrom_built")["files"] == 1
@@ -234,7 +234,8 @@ def test_xen_transfer_files_and_kvm_transfer_files(base: Path) -> None:
     """Extra files sent with the job into its scratch directory."""
     files = {"disk.img": 8 << 20, "xen.img": 8 << 20, "extra.dat": b"payload\n"}
     run = started(h.run_job(base, kvm("kvm_transfer_files = extra.dat"), files))
-    assert run.ad["VMPARAM_Kvm_Transfer_Files"] == '"extra.dat"' and (run.scratch / "extra.dat").read_bytes() == b"payload\n"
+    assert run.ad["VMPARAM_Kvm_Transfer_Files"] == '"extra.dat"'
+    assert (run.scratch / "extra.dat").read_bytes() == b"payload\n"
     run = started(h.run_job(base, xen("xen_transfer_files = extra.dat"), files, name="xen", knobs=XEN))
     assert run.ad["VMPARAM_Xen_Transfer_Files"] == '"extra.dat"' and (run.scratch / "extra.dat").exists()
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Iterator
 

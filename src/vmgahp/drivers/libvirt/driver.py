@@ -242,8 +242,10 @@ class LibvirtHypervisor(Hypervisor):
                 uefi = self._uefi()
             except DomainXmlError as exc:
                 raise GahpError(tokens.CRITICAL, str(exc)) from exc
-            owner = (job.owner_uid, job.owner_gid if job.owner_gid is not None else job.owner_uid)
-            firmware.prepare_nvram(job.working_dir, uefi, owner if job.owner_uid is not None else None)
+            owner = None
+            if job.owner_uid is not None:
+                owner = (job.owner_uid, job.owner_gid if job.owner_gid is not None else job.owner_uid)
+            firmware.prepare_nvram(job.working_dir, uefi, owner)
         return job
 
     def finish(self, job: VmJob, output: bool = True) -> None:

@@ -102,4 +102,5 @@ def retarget_nvram(xml: str, working_dir: str) -> str | None:
                 el.removeChild(el.firstChild)
             el.appendChild(doc.createTextNode(new))
             changed = True
-    return doc.documentElement.toxml() if changed else None
+    root = doc.documentElement
+    return root.toxml() if changed and root is not None else None
