@@ -203,10 +203,8 @@ class LibvirtHypervisor(Hypervisor):
     def _uefi(self) -> firmware.Uefi:
         """The host's UEFI firmware; missing files are the host's fault (CRITICAL: requeued)."""
         uefi = firmware.Uefi.for_host(self.libvirt.uefi_loader, self.libvirt.uefi_nvram_template)
-        missing = uefi.missing()
-        if missing:
-            raise DomainXmlError(f"UEFI firmware not readable on this host: {', '.join(missing)} "
-                                 "(install ovmf, or set VM_UEFI_LOADER and VM_UEFI_NVRAM_TEMPLATE)")
+        if uefi.missing():
+            raise DomainXmlError(uefi.why_missing())
         return uefi
 
     def domain_xml(self, job: VmJob) -> tuple[str, str]:
@@ -239,13 +237,9 @@ class LibvirtHypervisor(Hypervisor):
         job = overlays.prepare(job, tops=state.tops(job, restored) if restored else None, avoid=avoid)
         if job.firmware == "uefi":
             try:
-                uefi = self._uefi()
+                firmware.prepare_nvram(job.working_dir, self._uefi(), firmware.owner_of(job.owner_uid, job.owner_gid))
             except DomainXmlError as exc:
                 raise GahpError(tokens.CRITICAL, str(exc)) from exc
-            owner = None
-            if job.owner_uid is not None:
-                owner = (job.owner_uid, job.owner_gid if job.owner_gid is not None else job.owner_uid)
-            firmware.prepare_nvram(job.working_dir, uefi, owner)
         return job
 
     def finish(self, job: VmJob, output: bool = True) -> None:

@@ -53,6 +53,14 @@ class Uefi:
     def missing(self) -> list[str]:
         return [path for path in (self.loader, self.template) if not os.access(path, os.R_OK)]
 
+    def why_missing(self) -> str:
+        return (f"UEFI firmware not readable on this host: {', '.join(self.missing())} "
+                "(install ovmf, or set VM_UEFI_LOADER and VM_UEFI_NVRAM_TEMPLATE)")
+
+
+def owner_of(uid: int | None, gid: int | None) -> tuple[int, int] | None:
+    return None if uid is None else (uid, gid if gid is not None else uid)
+
 
 def parse_kind(value: str | None) -> str | None:
     """``bios`` (the default), ``uefi`` (``efi`` too); None for anything else."""
