@@ -25,6 +25,7 @@ import pytest
 import seed_harness as h
 import transcript_runner as tr
 from guest_fixture import read_guest_file
+from test_transcripts import SUPPORT_VMS
 
 HERE = Path(__file__).resolve().parent
 OWN = HERE / "transcripts" / "vmgahp"
@@ -54,7 +55,8 @@ def base() -> Iterator[Path]:
 
 def replay(name: str) -> None:
     """One of vmgahp's own transcripts against the real daemon (test hypervisor)."""
-    result = tr.run_file(OWN / name, tr.Options(cmd=tr.default_cmd()))
+    options = tr.Options(cmd=tr.default_cmd(), substitutions=dict(SUPPORT_VMS))  # vmware where pyVmomi is
+    result = tr.run_file(OWN / name, options)
     assert result.passed, result.report()
 
 
@@ -137,16 +139,19 @@ def test_vm_soft_suspend_suspends_in_memory() -> None:
     replay("39_starter_hard_suspend_status.txt")
 
 
-def test_vmware_local_settings_file() -> None:
-    """VMWARE_LOCAL_SETTINGS_FILE belongs to the VMware driver (another engineer's,
-    src/vmgahp/drivers/vmware): it does not declare the knob yet. Strict xfail: this
-    fails the day the driver takes it, and the seed list must then test it."""
-    from vmgahp.drivers.registry import knobs_for
+def test_vmware_local_settings_file(base: Path) -> None:
+    """The VMware driver's (drivers/vmware): the ``key = "value"`` lines between the C++
+    markers become the VM's extra configuration. Read here from the configured knob
+    through the loaded driver; end to end on vCenter's simulator in
+    tests/vmware/test_vmware_gahp.py (marked vcsim)."""
+    from helpers import settings
+    from vmgahp.drivers import registry
 
-    names = {knob.name for knob in knobs_for("vmware")}
-    if "VMWARE_LOCAL_SETTINGS_FILE" not in names:
-        pytest.xfail("the VMware driver does not read VMWARE_LOCAL_SETTINGS_FILE")
-    assert "VMWARE_LOCAL_SETTINGS_FILE" in names
+    local = base / "local-settings"
+    local.write_text('outside = "no"\n### Start local parameters ###\nisolation.tools.copy.disable = "TRUE"\n'
+                     '# a comment\n### End local parameters ###\nafter = "no"\n')
+    hypervisor = registry.load_hypervisor("vmware", settings("vmware", VMWARE_LOCAL_SETTINGS_FILE=str(local)))
+    assert hypervisor._extra_config() == {"isolation.tools.copy.disable": "TRUE"}
 
 
 def test_libvirt_xml_script(base: Path) -> None:
