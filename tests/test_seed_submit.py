@@ -143,38 +143,47 @@ def test_vm_checkpoint(base: Path) -> None:
     assert again.code == 124 and again.event("domain_restored") and not again.event("domain_started")
 
 
-def vmware_convert(base: Path, command: str, value: str, **lines: str):
-    """The VMware commands' conversion (d763aad063^ submit_utils.cpp), as ``vmgahp run``
-    would apply it; ``vmgahp run`` itself refuses vm_type = vmware (HTCondor 25 removed
-    it), which each test checks too."""
-    from vmgahp.run.submit import LEGACY, Context, load
-
+def vmware_run(base: Path, *lines: str) -> h.Run:
+    """``vmgahp run`` of a VMware job up to the gahp's start: the job ad is made and its
+    files transferred, then the VMware gahp refuses to start - there is no vCenter here
+    (end to end on vCenter's simulator: tests/vmware, marked vcsim). The ad is read
+    back from the pool form vmgahp run prints (condor_submit 25 ignores these commands)."""
     vm = base / "vm"
     vm.mkdir(exist_ok=True)
-    for name in ("guest.vmx", "disk.vmdk"):
+    for name in ("guest.vmx", "disk.vmdk", "notes.txt"):
         (vm / name).write_bytes(b"x")
-    text = "universe = vm\nvm_type = vmware\nexecutable = seed\nvm_memory = 128\n"
-    text += "".join(f"{k} = {v}\n" for k, v in lines.items()) + f"{command} = {value}\nqueue\n"
-    sub = h.write_job(base / "vmware", text, {})
-    refused = h.run_job(base, "", name="vmware", sub=sub)
-    assert refused.code == 2 and "vmware" in refused.conversation and "no longer supported" in refused.conversation
-    entry = next(e for e in LEGACY if e.command == command)
-    return entry.convert(Context(load(sub), "vmware", base / "vmware"), entry, command, value)
+    text = "universe = vm\nvm_type = vmware\nexecutable = seed\nvm_memory = 128\n" + "\n".join(lines) + "\nqueue\n"
+    run = h.run_job(base, "", name="vmware", sub=h.write_job(base / "vmware", text, {}))
+    assert run.code == 1 and "VMWARE_VSPHERE_URL" in run.conversation, run.out + run.conversation
+    return run
 
 
 def test_vmware_dir(base: Path) -> None:
-    effect = vmware_convert(base, "vmware_dir", str(base / "vm"), vmware_should_transfer_files="true")
-    assert ("VMPARAM_VMware_VMX_File", '"guest.vmx"') in effect.attrs
-    assert ("VMPARAM_VMware_VMDK_Files", '"disk.vmdk"') in effect.attrs
+    """The .vmx and .vmdk files of the directory, and with vmware_should_transfer_files
+    all of its files, travel with the job."""
+    run = vmware_run(base, "vmware_should_transfer_files = true", f"vmware_dir = {base / 'vm'}")
+    said = run.out + run.conversation
+    assert '+VMPARAM_VMware_VMX_File = "guest.vmx"' in said and '+VMPARAM_VMware_VMDK_Files = "disk.vmdk"' in said
+    assert {p.name for p in run.scratch.iterdir()} >= {"guest.vmx", "disk.vmdk", "notes.txt"}
+    only_vmx = vmware_run(base / "vm", "vmware_should_transfer_files = false", "vmware_snapshot_disk = true",
+                          f"vmware_dir = {base / 'vm'}")
+    assert "guest.vmx" in {p.name for p in only_vmx.scratch.iterdir()}
+    assert "disk.vmdk" not in {p.name for p in only_vmx.scratch.iterdir()}  # read from the shared filesystem
 
 
 def test_vmware_should_transfer_files(base: Path) -> None:
-    assert vmware_convert(base, "vmware_should_transfer_files", "true").attrs == [("VMPARAM_VMware_Transfer", "true")]
+    run = vmware_run(base, "vmware_should_transfer_files = true", f"vmware_dir = {base / 'vm'}")
+    assert "+VMPARAM_VMware_Transfer = true" in run.out + run.conversation
 
 
 def test_vmware_snapshot_disk(base: Path) -> None:
-    effect = vmware_convert(base, "vmware_snapshot_disk", "true")
-    assert effect.attrs == [("VMPARAM_VMware_SnapshotDisk", "true")]
+    run = vmware_run(base, "vmware_should_transfer_files = true", "vmware_snapshot_disk = true",
+                     f"vmware_dir = {base / 'vm'}")
+    assert "+VMPARAM_VMware_SnapshotDisk = true" in run.out + run.conversation
+    refused = h.run_job(base, "", name="both-false", sub=h.write_job(base / "both-false", (
+        "universe = vm\nvm_type = vmware\nexecutable = seed\nvm_memory = 128\nvmware_should_transfer_files = false\n"
+        f"vmware_snapshot_disk = false\nvmware_dir = {base / 'vm'}\nqueue\n"), {}))
+    assert refused.code == 2 and "vmware_snapshot_disk = false" in refused.conversation
 
 
 def test_xen_disk_and_kvm_disk_whole_disks_or_partitions(base: Path) -> None:
