@@ -12,7 +12,7 @@ TOP=$(pwd)
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-  syslinux mtools dosfstools e2fsprogs libxml2-utils zstd
+  syslinux mtools dosfstools e2fsprogs libxml2-utils zstd ovmf
   python3 python3-venv python3-dev gcc
   golang-go golang-github-vmware-govmomi-dev patch openssl
 )

@@ -10,7 +10,8 @@ the tier's marker through :func:`mark_folder` (``-m unit``, ``-m "not real"``).
   a real libvirtd and carry ``libvirtd`` as well;
 * ``real/``    - real QEMU guests under a real libvirtd (also marked ``libvirtd``);
 * ``conformance/`` - the driver contract against every driver;
-* ``vmware/``  - the VMware driver against the vSphere simulator (``vcsim``).
+* ``vmware/``  - the VMware driver against the vSphere simulator (``vcsim``);
+* ``seed/``    - one test per item of the talk that specified vmgahp (``seed``).
 """
 
 from __future__ import annotations

@@ -473,3 +473,73 @@ def test_every_xen_token_is_reached(token: str) -> None:
     text = path.read_text()
     assert "@env VMGAHP_VMTYPE=xen" in text, f"{path.name} is not a Xen gahp"
     assert re.search(rf"^< \d+ 1 {re.escape(token)}$", text, re.MULTILINE), f"{token} not answered in {path.name}"
+
+
+# ------------------------------------------------------- VM_BRIDGE_SCRIPT
+SCRIPT_SETTINGS = settings(
+    "xen", XEN_BOOTLOADER=BOOTLOADER, VM_NETWORKING=True, VM_NETWORKING_TYPE="nat, bridge",
+    VM_BRIDGE_SCRIPT="vif-bridge bridge=xenbr0", VM_XEN_LIBVIRT_URI="test:///default",
+)
+
+
+def _bridged_xml(workdir: Path, settings: Settings = SCRIPT_SETTINGS) -> str:
+    hypervisor = LibvirtHypervisor(settings, "xen")
+    job = job_for(workdir, settings=settings, network=hypervisor.network_plan(), JobVMNetworking="true",
+                  JobVMNetworkingType='"bridge"', JobVM_MACADDR=f'"{MAC}"')
+    return hypervisor.builtin_xml(job)
+
+
+def test_bridge_script_names_the_script_and_the_bridge(dirs, test_conn, tmp_path: Path) -> None:
+    """The talk's VM_BRIDGE_SCRIPT = vif-bridge bridge=xenbr0, with no
+    VM_NETWORKING_BRIDGE_INTERFACE: bridge is offered, the vif gets the script
+    and the bridge, and the XML passes libvirt's schema both ways."""
+    workdir, _ = dirs
+    assert LibvirtHypervisor(SCRIPT_SETTINGS, "xen").network_plan().types == ("nat", "bridge")
+    xml = _bridged_xml(workdir)
+    iface = ET.fromstring(xml).find("devices/interface")
+    assert iface.get("type") == "bridge"
+    assert iface.find("script").attrib == {"path": "vif-bridge"}
+    assert iface.find("source").attrib == {"bridge": "xenbr0"}
+    kept = ET.fromstring(define_validated(test_conn, xml)).find("devices/interface")
+    assert kept.find("script").get("path") == "vif-bridge" and kept.find("source").get("bridge") == "xenbr0"
+    if shutil.which("virt-xml-validate") and shutil.which("xmllint"):
+        path = tmp_path / "bridged.xml"
+        path.write_text(xml)
+        result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bridge_interface_knob_wins_over_the_scripts_bridge(dirs) -> None:
+    workdir, _ = dirs
+    both = settings(
+        "xen", XEN_BOOTLOADER=BOOTLOADER, VM_NETWORKING=True, VM_NETWORKING_TYPE="bridge",
+        VM_NETWORKING_BRIDGE_INTERFACE="br1", VM_BRIDGE_SCRIPT="/etc/xen/scripts/vif-bridge bridge=xenbr0",
+        VM_XEN_LIBVIRT_URI="test:///default",
+    )
+    iface = ET.fromstring(_bridged_xml(workdir, both)).find("devices/interface")
+    assert iface.find("source").get("bridge") == "br1"
+    assert iface.find("script").get("path") == "/etc/xen/scripts/vif-bridge"
+
+
+def test_xen_bridge_script_is_read_first_and_nat_has_no_script(dirs) -> None:
+    """The old C++ read XEN_BRIDGE_SCRIPT, then VM_BRIDGE_SCRIPT; only a bridged NIC runs it."""
+    workdir, _ = dirs
+    both = settings(
+        "xen", XEN_BOOTLOADER=BOOTLOADER, VM_NETWORKING=True, VM_NETWORKING_TYPE="nat, bridge",
+        XEN_BRIDGE_SCRIPT="vif-openvswitch bridge=ovs0", VM_BRIDGE_SCRIPT="vif-bridge bridge=xenbr0",
+        VM_XEN_LIBVIRT_URI="test:///default",
+    )
+    iface = ET.fromstring(_bridged_xml(workdir, both)).find("devices/interface")
+    assert (iface.find("script").get("path"), iface.find("source").get("bridge")) == ("vif-openvswitch", "ovs0")
+    hypervisor = LibvirtHypervisor(both, "xen")
+    nat = job_for(workdir, settings=both, network=hypervisor.network_plan(), JobVMNetworking="true",
+                  JobVMNetworkingType='"nat"')
+    assert ET.fromstring(hypervisor.builtin_xml(nat)).find("devices/interface/script") is None
+
+
+def test_bridge_script_words_split() -> None:
+    from vmgahp.drivers.libvirt.bridge_script import parse
+
+    got = parse('vif-bridge bridge=xenbr0 netdev=eth0')
+    assert (got.script, got.bridge, got.ignored) == ("vif-bridge", "xenbr0", ("netdev=eth0",))
+    assert not parse("")

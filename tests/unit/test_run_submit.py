@@ -176,7 +176,8 @@ def test_tables_cover_the_brief() -> None:
     assert {entry.command: entry.attrs for entry in LEGACY} == {
         "vm_cdrom_files": ("VMPARAM_CDROM_Files",), "vm_should_transfer_cdrom_files": (),
         "kvm_cdrom_device": ("VMPARAM_Kvm_CDROM_Device",), "xen_cdrom_device": ("VMPARAM_Xen_CDROM_Device",),
-        "xen_transfer_files": ("VMPARAM_Xen_Transfer_Files",), "vm_snapshot_disk": ("VMPARAM_vm_Snapshot_Disk",),
+        "xen_transfer_files": ("VMPARAM_Xen_Transfer_Files",),
+        "kvm_transfer_files": ("VMPARAM_Kvm_Transfer_Files",), "vm_snapshot_disk": ("VMPARAM_vm_Snapshot_Disk",),
         "vm_hardware_vt": ("JobVMHardwareVT",), "vmware_should_transfer_files": ("VMPARAM_VMware_Transfer",),
         "vmware_snapshot_disk": ("VMPARAM_VMware_SnapshotDisk",),
         "vmware_dir": ("VMPARAM_VMware_Dir", "VMPARAM_VMware_VMX_File", "VMPARAM_VMware_VMDK_Files"),

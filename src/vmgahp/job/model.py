@@ -74,6 +74,7 @@ class VmJob(BaseModel):
     hardware_vt: bool = False
     vnc_console: bool = False
     no_output_vm: bool = False
+    firmware: str = "bios"  # or "uefi" (VMPARAM_Firmware; the libvirt driver reads it)
     disks: tuple[Disk, ...] = ()
     extras: Any = None  # the driver's own model of the VM-type part (libvirt: Xen boot settings)
     snapshot_disk: bool = False  # writable disks run on copy-on-write layers

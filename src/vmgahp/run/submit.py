@@ -179,11 +179,12 @@ def build(
     forced, used = legacy.apply(ctx)
     _check_inputs(ctx)
     hints = legacy.hints(ctx, used, ctx.transfer_list[ctx.written :])
-    if ctx.disk_command == legacy.XEN_DISK:
+    if ctx.disk_command in legacy.OLD_DISKS.values():
+        old = ctx.disk_command
         hints.append(PoolHint(
-            str(d.path), d.line_of(legacy.XEN_DISK) or d.job_line, legacy.XEN_DISK,
-            f"condor_submit (HTCondor 25) does not know '{legacy.XEN_DISK}' and fails without vm_disk; "
-            "on a pool write instead:", (f"vm_disk = {d.raw.get(legacy.XEN_DISK, '')}",)))
+            str(d.path), d.line_of(old) or d.job_line, old,
+            f"condor_submit (HTCondor 25) does not know '{old}' and fails without vm_disk; "
+            "on a pool write instead:", (f"vm_disk = {d.raw.get(old, '')}",)))
     hints += _untransferred_hints(ctx)
     ad["Owner"] = quote(identity.login)
     ad["User"] = quote(f"{identity.login}@{identity.domain}")
@@ -214,6 +215,22 @@ def build(
     )
 
 
+def _old_disk_spelling(ctx: Context, key: str | None, value: str | None) -> tuple[str | None, str | None]:
+    """xen_disk / kvm_disk stand in for a missing vm_disk of their own VM type."""
+    d = ctx.description
+    for vm_type, old in legacy.OLD_DISKS.items():
+        if d.get(old) is None:
+            continue
+        if ctx.vm_type != vm_type:
+            ctx.warnings.append(d.warning(old, f"{old} is ignored for vm_type = {ctx.vm_type}"))
+        elif key is not None:
+            ctx.warnings.append(d.warning(old, f"{old} is ignored: vm_disk is set"))
+        else:  # its hint is vm_disk itself
+            key, value = d.lookup(old)
+            ctx.disk_command = old
+    return key, value
+
+
 def _known_commands(ctx: Context) -> None:
     d, ad = ctx.description, ctx.ad
     for cmd in KNOWN:
@@ -222,15 +239,8 @@ def _known_commands(ctx: Context) -> None:
             if value is not None:
                 ctx.warnings.append(d.warning(key or cmd.keys[0], f"{key} is ignored for vm_type = {ctx.vm_type}"))
             continue
-        if cmd.attr == "VMPARAM_vm_Disk" and d.get(legacy.XEN_DISK) is not None:
-            if ctx.vm_type != "xen":
-                ctx.warnings.append(d.warning(legacy.XEN_DISK,
-                                              f"{legacy.XEN_DISK} is ignored for vm_type = {ctx.vm_type}"))
-            elif key is not None:
-                ctx.warnings.append(d.warning(legacy.XEN_DISK, f"{legacy.XEN_DISK} is ignored: vm_disk is set"))
-            else:  # the old Xen spelling stands in; its hint is vm_disk itself
-                key, value = d.lookup(legacy.XEN_DISK)
-                ctx.disk_command = legacy.XEN_DISK
+        if cmd.attr == "VMPARAM_vm_Disk":
+            key, value = _old_disk_spelling(ctx, key, value)
         if value is None:
             if cmd.required:
                 written = next((k for k in cmd.keys if d.raw.get(k)), None)

@@ -19,7 +19,8 @@ Where the old meanings come from:
   filesystem; one ``.iso`` or any number of plain files),
   ``kvm_cdrom_device``/``xen_cdrom_device`` (7757-7794: a device name, no
   ``:``), ``xen_transfer_files`` (7564-7611: base names, the files added to
-  the transfer list), ``xen_disk`` (7703-7741, the Xen spelling of the disk list);
+  the transfer list; ``kvm_transfer_files`` the same for KVM, 7574),
+  ``xen_disk`` and ``kvm_disk`` (7703-7741, the old spellings of the disk list);
 * ``d763aad063^:src/condor_utils/submit_utils.cpp`` (the last VMware support):
   ``vmware_should_transfer_files`` (7120-7140), ``vmware_snapshot_disk``
   (7152-7165), ``vmware_dir`` (7167-7197, 7244-7280), both required for
@@ -195,6 +196,8 @@ LEGACY: tuple[Legacy, ...] = (
     Legacy("xen_cdrom_device", ("VMPARAM_Xen_CDROM_Device",), _device, f"{OLD_SUBMIT}:7757-7794", ("xen",)),
     Legacy("xen_transfer_files", ("VMPARAM_Xen_Transfer_Files",), _transfer_files, f"{OLD_SUBMIT}:7564-7611",
            ("xen",)),
+    Legacy("kvm_transfer_files", ("VMPARAM_Kvm_Transfer_Files",), _transfer_files, f"{OLD_SUBMIT}:7564-7611",
+           ("kvm",)),
     Legacy("vm_snapshot_disk", ("VMPARAM_vm_Snapshot_Disk",), _bool_attr, "vmgahp: qcow2 overlays", DISK_VM_TYPES),
     Legacy("vm_hardware_vt", ("JobVMHardwareVT",), _bool_attr, "vmgahp; submit_utils.cpp:6958-6963 for vmx"),
     Legacy("vmware_should_transfer_files", ("VMPARAM_VMware_Transfer",), _bool_attr, f"{OLD_VMWARE}:7120-7140",
@@ -204,9 +207,10 @@ LEGACY: tuple[Legacy, ...] = (
     Legacy("vmware_dir", ("VMPARAM_VMware_Dir", "VMPARAM_VMware_VMX_File", "VMPARAM_VMware_VMDK_Files"),
            _vmware_dir, f"{OLD_VMWARE}:7167-7197,7244-7280", ("vmware",)),
 )
-# xen_disk is the disk list's old Xen spelling: it stands in for vm_disk (submit.py), and
-# its pool form is vm_disk itself - condor_submit fails without one (7019-7024).
-XEN_DISK = "xen_disk"
+# xen_disk and kvm_disk are the disk list's old spellings (7703-7741): each stands in for
+# vm_disk for its own VM type (submit.py), and its pool form is vm_disk itself -
+# condor_submit fails without one (7019-7024).
+OLD_DISKS = {"xen": "xen_disk", "kvm": "kvm_disk"}
 
 
 def ignores(command: str) -> str:

@@ -2,7 +2,8 @@
 
 :func:`attach_cdrom` packs the job's CD-ROM files into one ISO 9660 image and
 adds it to the job as a read-only CD-ROM disk on ``job.cdrom_device`` (IDE
-``hdc`` by default, which every guest kernel can read).
+``hdc`` by default, which every guest kernel can read). A list of exactly one
+``.iso`` file is that CD-ROM: it is attached as it is, not packed.
 
 The image:
 
@@ -101,10 +102,12 @@ def attach_cdrom(job: VmJob, reuse: str | None = None) -> VmJob:
         log.get().info("cdrom_reused", path=reuse, device=device)
         disk = Disk(path=reuse, device=device, permission="r", format="raw")
         return job.model_copy(update={"disks": job.disks + (disk,)})
-    iso_path = _free_name(job.working_dir)
     user = None
     if job.owner_uid is not None:
         user = JobUser(job.owner_uid, job.owner_gid if job.owner_gid is not None else job.owner_uid)
+    if len(job.cdrom_files) == 1 and job.cdrom_files[0].lower().endswith(".iso"):
+        return _attach_given_iso(job, job.cdrom_files[0], user)
+    iso_path = _free_name(job.working_dir)
     began = time.monotonic()
     try:
         roots = _collect(job.cdrom_files, user)
@@ -118,6 +121,20 @@ def attach_cdrom(job: VmJob, reuse: str | None = None) -> VmJob:
     )
     disk = Disk(path=iso_path, device=device, permission="r", format="raw")
     return job.model_copy(update={"disks": job.disks + (disk,), "cdrom_built": iso_path})
+
+
+def _attach_given_iso(job: VmJob, path: str, user: JobUser | None) -> VmJob:
+    """One ``.iso`` file is the CD-ROM itself (the C++ gahp's ``m_has_iso``):
+    packing it into another image would hide its contents from the guest."""
+    try:
+        node = _top_node(path, user)
+    except _Unreadable as exc:
+        raise GahpError(tokens.CANNOT_READ_CDROM_FILE, str(exc)) from exc
+    if node.kind != "file":
+        raise GahpError(tokens.CANNOT_READ_CDROM_FILE, f"CD-ROM image {path} is not a regular file")
+    log.get().info("cdrom_given", path=path, device=job.cdrom_device, bytes=node.size)
+    disk = Disk(path=path, device=job.cdrom_device, permission="r", format="raw")
+    return job.model_copy(update={"disks": job.disks + (disk,)})
 
 
 def _free_name(working_dir: str) -> str:

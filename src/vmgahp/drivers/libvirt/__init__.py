@@ -14,7 +14,8 @@ DRIVER = DriverInfo(
         Knob("VM_KVM_LIBVIRT_URI"), Knob("VM_XEN_LIBVIRT_URI"), Knob("VM_KVM_DOMAIN_TYPE"),
         Knob("LIBVIRT_XML_SCRIPT"), Knob("LIBVIRT_XML_SCRIPT_ARGS"), Knob("XEN_BOOTLOADER"),
         Knob("XEN_ALLOW_HARDWARE_VT_SUSPEND", "boolean"), Knob("VM_SNAPSHOT_DISK", "boolean"),
-        Knob("VM_CHECKPOINT_COMPRESSION", "boolean"),
+        Knob("VM_CHECKPOINT_COMPRESSION", "boolean"), Knob("XEN_BRIDGE_SCRIPT"), Knob("VM_BRIDGE_SCRIPT"),
+        Knob("VM_UEFI_LOADER"), Knob("VM_UEFI_NVRAM_TEMPLATE"),
     ),
     host="vmgahp.drivers.libvirt.host",
 )

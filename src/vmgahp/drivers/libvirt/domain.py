@@ -145,11 +145,14 @@ class LibvirtDomain(Domain):
         The image is marked to come back running even when the domain was
         paused, so a restore always resumes the guest.
         """
-        from vmgahp.drivers.libvirt import save_image, state
+        from vmgahp.drivers.libvirt import firmware, save_image, state
         from vmgahp.drivers.libvirt.xml_edit import file_disks
 
         description = self.describe()
         disks, files = state.record_disks(file_disks(description), str(working_dir))
+        nvram = firmware.nvram_in(description, str(working_dir))
+        if nvram:  # a UEFI guest's variables: shipped with the memory state
+            files.append(nvram)
         target = working_dir / (state.MEMORY + suffix)
         dom = self._require("save")
 

@@ -23,6 +23,8 @@ golden files in ``tests/golden/xen``, see ``tests/driver/test_xen.py``):
   argument (libxl's ``make_bootloader_args``). ``<bootloader_args>`` is
   not used: libvirt splits it on blanks, which breaks multi-word parameters.
   (The C++ drops the parameters of a bootloader guest.)
+* a bridged NIC carries ``<script path=.../>`` when VM_BRIDGE_SCRIPT names
+  a vif script (``bridge_script.py``); libxl runs it to plug the vif in.
 * HVM (``xen_kernel = vmx``): ``<os><type machine='xenfv'>hvm</type>
   <loader>hvmloader</loader><boot/></os>`` with ACPI/APIC/PAE. (The C++ wrote
   ``<type>linux</type>`` without a kernel, which no Xen can boot.)
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING
 from vmgahp.errors import VmgahpError
 
 if TYPE_CHECKING:  # pydantic loads with the first START, not with the driver
+    from vmgahp.drivers.libvirt.firmware import Uefi
     from vmgahp.drivers.libvirt.job_ad import XenBoot
     from vmgahp.job.model import Disk, VmJob
 
@@ -64,19 +67,27 @@ def build_domain_xml(
     domain_type: str = "kvm",
     xen_bootloader: str = "",
     passt: bool = False,
+    xen_bridge_script: str = "",
+    bridge: str = "",
+    uefi: Uefi | None = None,
 ) -> str:
     """The domain XML for ``job`` (no XML declaration).
 
     ``domain_type`` is the KVM virt type (``kvm``, or ``qemu`` for software
     emulation); Xen jobs are always ``xen``. ``passt`` says whether a
-    ``user`` NIC may use the passt backend.
+    ``user`` NIC may use the passt backend. ``bridge`` is the host's bridge
+    for a job whose own ``bridge_interface`` is empty; ``xen_bridge_script``
+    the vif script of a Xen bridged NIC; ``uefi`` the firmware of a
+    ``firmware = uefi`` KVM job (its NVRAM file is in the working dir).
     """
     if job.vm_type == "xen":
-        root = _xen_domain(job, xen_bootloader)
+        root = _xen_domain(job, xen_bootloader, xen_bridge_script, bridge)
     else:
         if domain_type not in KVM_DOMAIN_TYPES:
             raise DomainXmlError(f"KVM domain type must be one of {KVM_DOMAIN_TYPES}, not {domain_type!r}")
-        root = _kvm_domain(job, domain_type, passt)
+        if job.firmware == "uefi" and uefi is None:
+            raise DomainXmlError("a UEFI job needs the host's UEFI firmware")
+        root = _kvm_domain(job, domain_type, passt, bridge, uefi if job.firmware == "uefi" else None)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -97,36 +108,44 @@ def _lifecycle(root: ET.Element) -> None:
     _sub(root, "on_crash", "destroy")
 
 
-def _hvm_os(root: ET.Element, job: VmJob, loader: str = "", machine: str = "") -> None:
+def _hvm_os(root: ET.Element, job: VmJob, loader: str = "", machine: str = "", uefi: Uefi | None = None) -> None:
     os_el = _sub(root, "os")
+    type_attrs = {"arch": uefi.arch} if uefi is not None else {}
+    machine = machine or (uefi.machine if uefi is not None else "")
     if machine:
-        _sub(os_el, "type", "hvm", machine=machine)
-    else:
-        _sub(os_el, "type", "hvm")
+        type_attrs["machine"] = machine
+    _sub(os_el, "type", "hvm", **type_attrs)
     if loader:
         _sub(os_el, "loader", loader)
+    if uefi is not None:
+        # The code is shared and read-only; the variables are the job's own file.
+        from vmgahp.drivers.libvirt.firmware import nvram_path
+
+        _sub(os_el, "loader", uefi.loader, readonly="yes", type="pflash")
+        _sub(os_el, "nvram", nvram_path(job.working_dir), template=uefi.template)
     _sub(os_el, "boot", dev="hd")
     if any(d.is_cdrom for d in job.disks):
         _sub(os_el, "boot", dev="cdrom")
 
 
-def _hvm_features(root: ET.Element, pae: bool = False) -> None:
+def _hvm_features(root: ET.Element, pae: bool = False, apic: bool = True) -> None:
     features = _sub(root, "features")
     _sub(features, "acpi")  # required: without it poweroff leaves the domain running
-    _sub(features, "apic")
+    if apic:  # an x86 device: ARM guests have a GIC instead
+        _sub(features, "apic")
     if pae:
         _sub(features, "pae")
 
 
-def _kvm_domain(job: VmJob, domain_type: str, passt: bool) -> ET.Element:
+def _kvm_domain(job: VmJob, domain_type: str, passt: bool, bridge: str = "", uefi: Uefi | None = None) -> ET.Element:
     root = _header(domain_type, job)
-    _hvm_os(root, job)
-    _hvm_features(root)
+    _hvm_os(root, job, uefi=uefi)
+    _hvm_features(root, apic=uefi is None or uefi.arch != "aarch64")
     _lifecycle(root)
     devices = _sub(root, "devices")
     for disk in job.disks:
         _disk(devices, disk)
-    _interface(devices, job, virtio=True, passt=passt)
+    _interface(devices, job, virtio=True, passt=passt, bridge=bridge)
     _sub(devices, "serial", type="pty")
     _sub(devices, "console", type="pty")
     if job.vnc_console:
@@ -134,7 +153,7 @@ def _kvm_domain(job: VmJob, domain_type: str, passt: bool) -> ET.Element:
     return root
 
 
-def _xen_domain(job: VmJob, xen_bootloader: str) -> ET.Element:
+def _xen_domain(job: VmJob, xen_bootloader: str, bridge_script: str = "", bridge: str = "") -> ET.Element:
     boot = job.extras
     if boot is None:
         raise DomainXmlError("a Xen job needs its kernel settings (VMPARAM_Xen_Kernel)")
@@ -161,7 +180,7 @@ def _xen_domain(job: VmJob, xen_bootloader: str) -> ET.Element:
     if job.networking_type == "user":
         raise DomainXmlError("Xen has no user networking")
     # Xen picks its own paravirtual NIC; virtio is a KVM device.
-    _interface(devices, job, virtio=False, passt=False)
+    _interface(devices, job, virtio=False, passt=False, script=bridge_script, bridge=bridge)
     if hvm:
         _sub(devices, "serial", type="pty")
     _sub(devices, "console", type="pty")
@@ -197,7 +216,8 @@ def _disk(devices: ET.Element, disk: Disk, xen: bool = False) -> None:
         _sub(el, "readonly")
 
 
-def _interface(devices: ET.Element, job: VmJob, *, virtio: bool, passt: bool) -> None:
+def _interface(devices: ET.Element, job: VmJob, *, virtio: bool, passt: bool, script: str = "",
+               bridge: str = "") -> None:
     kind = job.networking_type
     if not kind:
         return
@@ -208,8 +228,10 @@ def _interface(devices: ET.Element, job: VmJob, *, virtio: bool, passt: bool) ->
         _sub(el, "source", network="default")
     elif kind == "bridge":
         el = _sub(devices, "interface", type="bridge")
-        if job.bridge_interface:
-            _sub(el, "source", bridge=job.bridge_interface)
+        if job.bridge_interface or bridge:
+            _sub(el, "source", bridge=job.bridge_interface or bridge)
+        if script:
+            _sub(el, "script", path=script)
     else:
         el = _sub(devices, "interface", type="user")
     if job.mac:

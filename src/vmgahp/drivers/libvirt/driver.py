@@ -14,6 +14,7 @@ job); a leftover of a crashed gahp is removed by the startd's kill mode.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -33,7 +34,7 @@ from vmgahp.drivers.base import (
     JobImageError,
     SavedState,
 )
-from vmgahp.drivers.libvirt import images, overlays, save_image, state
+from vmgahp.drivers.libvirt import firmware, images, overlays, save_image, state
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
 from vmgahp.drivers.libvirt.domain import LibvirtDomain
 from vmgahp.drivers.libvirt.domain_xml import DomainXmlError, build_domain_xml
@@ -69,6 +70,7 @@ class LibvirtHypervisor(Hypervisor):
         self.libvirt, warnings = LibvirtSettings.from_knobs(settings.driver_knobs, vm_type)
         for warning in warnings:
             log.get().warning("config_value_ignored", detail=warning)
+        self._apply_bridge_script()
         self.uri = self.libvirt.uri
         self.connection = LibvirtConnection(self.uri)
         self.capabilities = (
@@ -90,6 +92,29 @@ class LibvirtHypervisor(Hypervisor):
         self.compressor = self.zstd if wants else None
         if wants and self.zstd is None:
             log.get().warning("checkpoint_compression_off", detail="no zstd program on PATH or in /usr/bin")
+
+    def _apply_bridge_script(self) -> None:
+        """VM_BRIDGE_SCRIPT is Xen's; its ``bridge=`` names the bridge when
+        VM_NETWORKING_BRIDGE_INTERFACE does not (bridge_script.py)."""
+        script = self.libvirt.bridge_script
+        if not script:
+            return
+        if self.vm_type != "xen":
+            log.get().warning("bridge_script_ignored", knob=script.knob, vm_type=self.vm_type,
+                              detail="KVM has no vif scripts: libvirt attaches the NIC to "
+                                     "VM_NETWORKING_BRIDGE_INTERFACE itself")
+            return
+        if script.ignored:
+            log.get().warning("bridge_script_words_ignored", knob=script.knob, words=list(script.ignored),
+                              detail="only the script and bridge=NAME have a place in libvirt's XML")
+        configured = self.settings.bridge_interface
+        if script.bridge and not configured:
+            self.settings = dataclasses.replace(self.settings, bridge_interface=script.bridge)
+        elif script.bridge and script.bridge != configured:
+            log.get().warning("bridge_script_bridge_ignored", knob=script.knob, bridge=script.bridge,
+                              used=configured, detail="VM_NETWORKING_BRIDGE_INTERFACE names the bridge")
+        log.get().info("bridge_script", knob=script.knob, script=script.script,
+                       bridge=self.settings.bridge_interface)
 
     def __repr__(self) -> str:
         return f"LibvirtHypervisor({self.vm_type!r}, uri={self.uri!r})"
@@ -169,8 +194,18 @@ class LibvirtHypervisor(Hypervisor):
             job,
             domain_type=self.libvirt.domain_type,
             xen_bootloader=self.libvirt.xen_bootloader,
+            xen_bridge_script=self.libvirt.bridge_script.script if self.vm_type == "xen" else "",
+            bridge=self.settings.bridge_interface,
             passt=job.networking_type == "user" and self.passt_available(),
+            uefi=self._uefi() if job.firmware == "uefi" else None,
         )
+
+    def _uefi(self) -> firmware.Uefi:
+        """The host's UEFI firmware; missing files are the host's fault (CRITICAL: requeued)."""
+        uefi = firmware.Uefi.for_host(self.libvirt.uefi_loader, self.libvirt.uefi_nvram_template)
+        if uefi.missing():
+            raise DomainXmlError(uefi.why_missing())
+        return uefi
 
     def domain_xml(self, job: VmJob) -> tuple[str, str]:
         """The XML to start ``job`` with and where it came from (``script`` or ``builtin``)."""
@@ -199,7 +234,13 @@ class LibvirtHypervisor(Hypervisor):
         return job_ad.read_job(ad, job, user, self.libvirt)
 
     def prepare(self, job: VmJob, restored: SavedState | None, avoid: frozenset[str] = frozenset()) -> VmJob:
-        return overlays.prepare(job, tops=state.tops(job, restored) if restored else None, avoid=avoid)
+        job = overlays.prepare(job, tops=state.tops(job, restored) if restored else None, avoid=avoid)
+        if job.firmware == "uefi":
+            try:
+                firmware.prepare_nvram(job.working_dir, self._uefi(), firmware.owner_of(job.owner_uid, job.owner_gid))
+            except DomainXmlError as exc:
+                raise GahpError(tokens.CRITICAL, str(exc)) from exc
+        return job
 
     def finish(self, job: VmJob, output: bool = True) -> None:
         if output:
@@ -334,11 +375,13 @@ class LibvirtHypervisor(Hypervisor):
         """The image's XML with the job's current disk paths, if any moved.
         ``file`` holds the image's header and XML (the image itself, or the
         decompressed start of a compressed one)."""
-        if not job.disks:
+        if not job.disks and job.firmware != "uefi":
             return None
         try:
             saved = self.connection.call(lambda conn: conn.saveImageGetXMLDesc(file, 0), retry=True)
-            return retarget_disks(saved, job.disks)
+            moved = retarget_disks(saved, job.disks)
+            # A UEFI guest's variables moved with the job too.
+            return firmware.retarget_nvram(moved or saved, job.working_dir) or moved
         except (libvirt.libvirtError, DomainXmlParseError) as exc:
             # The restore itself will say what is wrong with the image.
             log.get().debug("save_image_xml_unreadable", path=file, detail=error_message(exc))

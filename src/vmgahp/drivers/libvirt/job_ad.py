@@ -90,7 +90,21 @@ def read_job(ad: JobAd, job: VmJob, user: JobUser | None, settings: LibvirtSetti
     if ad.get_str("VMPARAM_CDROM_Files"):
         _check_cdrom_device(disks, cdrom_device, working_dir, invalid_disk)
     return job.model_copy(update={"disks": disks, "extras": xen, "snapshot_disk": snapshot_disk,
-                                  "cdrom_device": cdrom_device})
+                                  "cdrom_device": cdrom_device, "firmware": _firmware(ad, job.vm_type, invalid_disk)})
+
+
+def _firmware(ad: JobAd, vm_type: str, token: str) -> str:
+    """VMPARAM_Firmware: how the guest boots is part of its boot medium, so a bad
+    value is the job's fault (held with the disk token), like a bad vm_disk."""
+    from vmgahp.drivers.libvirt.firmware import ATTR, parse_kind
+
+    text = ad.get_str(ATTR)
+    kind = parse_kind(text)
+    if kind is None:
+        raise GahpError(token, f"{ATTR} = {text!r}: expected bios or uefi")
+    if kind == "uefi" and vm_type != "kvm":
+        raise GahpError(token, f"{ATTR} = uefi is for KVM guests (a Xen HVM guest boots hvmloader)")
+    return kind
 
 
 def _check_cdrom_device(disks: tuple[Disk, ...], device: str, working_dir: str, token: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from vmgahp.drivers.libvirt.bridge_script import BridgeScript, read_bridge_script
 from vmgahp.settings import ConfigError, KnobReader
 
 DEFAULT_KVM_URI = "qemu:///session"  # what the C++ gahp hard-codes
@@ -22,6 +23,9 @@ class LibvirtSettings:
     xen_allow_hardware_vt_suspend: bool = False
     snapshot_disk_default: bool = False
     compress_checkpoints: bool = True  # off for a pool whose other nodes run the C++ gahp
+    uefi_loader: str = ""  # VM_UEFI_LOADER; "" is the host's default (firmware.DEFAULTS)
+    uefi_nvram_template: str = ""  # VM_UEFI_NVRAM_TEMPLATE
+    bridge_script: BridgeScript = BridgeScript()  # XEN_BRIDGE_SCRIPT / VM_BRIDGE_SCRIPT (Xen only)
 
     @classmethod
     def from_knobs(cls, knobs: Mapping[str, str], vm_type: str) -> tuple[LibvirtSettings, list[str]]:
@@ -44,5 +48,8 @@ class LibvirtSettings:
             xen_allow_hardware_vt_suspend=read.boolean("XEN_ALLOW_HARDWARE_VT_SUSPEND"),
             snapshot_disk_default=read.boolean("VM_SNAPSHOT_DISK"),
             compress_checkpoints=read.boolean("VM_CHECKPOINT_COMPRESSION", True),
+            bridge_script=read_bridge_script(knobs),
+            uefi_loader=read.unquoted("VM_UEFI_LOADER"),
+            uefi_nvram_template=read.unquoted("VM_UEFI_NVRAM_TEMPLATE"),
         )
         return settings, read.warnings
