@@ -39,11 +39,9 @@ from urllib.parse import quote, urlencode
 
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests"))
-sys.path.insert(0, str(TOP / "tests" / "vmware"))
-
-from vcsim_fixture import _make_cert, start_vcsim  # noqa: E402
 
 from gahp_process import GahpProcess  # noqa: E402
+from vcsim_fixture import _make_cert, start_vcsim  # noqa: E402
 from vmgahp.protocol.client import Notification, Results  # noqa: E402
 
 POOL = "DC0_H0/Resources"
