@@ -118,6 +118,9 @@ def _gahp(place: Place, scratch: Path, config: Path, argv: list[str] | None = No
     gahp = Gahp(node_env(config, scratch, VM_GAHP_LOG=str(scratch / "vmgahp.log")), scratch, argv)
     gahp.handshake()
     gahp.send_ad(place.ad(scratch))
+    # The starter pauses 1 s after each 2 KiB of the job ad (vm_gahp_server.cpp), and a
+    # real job ad is several KiB: START never follows the ad's first line at once.
+    time.sleep(1.0)
     return gahp
 
 

@@ -173,6 +173,13 @@ class Hypervisor(ABC):
     def network_plan(self) -> NetworkPlan:
         """The configured networking types this host can provide (spec 4.6)."""
 
+    def warm_up(self) -> None:
+        """Load what ``read_job`` and ``create`` will need (modules, connections),
+        called while the starter is still sending the job ad; may block. Not
+        done at construction: the host check builds a driver too, and must stay
+        quick. Optional: by default there is nothing to load."""
+        return None
+
     @abstractmethod
     def read_job(self, ad: JobAd, job: VmJob, user: JobUser | None) -> VmJob:
         """The VM-type part of START's checks, after the common ones, in the C++

@@ -49,9 +49,7 @@ def evaluate(lines: list[str] | tuple[str, ...]) -> tuple[list[Entry], list[str]
     try:
         if child is None:
             child = _spawn()
-        out, err = child.communicate(json.dumps(list(lines)).encode(), timeout=CHILD_TIMEOUT)
-        if child.returncode != 0:
-            raise RuntimeError(f"exit {child.returncode}: {err.decode(errors='replace').strip()[-300:]}")
+        out = _exchange(child, json.dumps(list(lines)).encode())
         answer = json.loads(out)
         return [tuple(entry) for entry in answer["entries"]], list(answer["dropped"])
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the ad is still read
@@ -62,3 +60,33 @@ def evaluate(lines: list[str] | tuple[str, ...]) -> tuple[list[Entry], list[str]
         from vmgahp.job.ad_values import evaluate as in_process
 
         return in_process(lines)
+
+
+def _exchange(child: subprocess.Popen, data: bytes) -> bytes:
+    """The child's answer, read to the EOF it makes as soon as it has written
+    it; its exit (an interpreter with classad2 takes tens of ms to tear down)
+    is reaped in the background."""
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(data)
+    child.stdin.close()
+    reader = threading.Thread(target=lambda: answer.append(child.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    answer: list[bytes] = []
+    reader.start()
+    reader.join(CHILD_TIMEOUT)
+    if reader.is_alive() or not answer or not answer[0]:
+        child.kill()
+        _, err = child.communicate()
+        raise RuntimeError(f"no answer (exit {child.returncode}): {err.decode(errors='replace').strip()[-300:]}")
+    threading.Thread(target=_reap, args=(child,), daemon=True, name="ad-child-reap").start()
+    return answer[0]
+
+
+def _reap(child: subprocess.Popen) -> None:
+    assert child.stderr is not None and child.stdout is not None
+    err = child.stderr.read()
+    child.wait()
+    child.stdout.close()
+    child.stderr.close()
+    if child.returncode != 0:
+        log.get().warning("ad_child_failed", detail=f"exit {child.returncode} after answering: "
+                                                    f"{err.decode(errors='replace').strip()[-300:]}")

@@ -12,6 +12,7 @@ the fallback call it in-process.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -66,12 +67,13 @@ def _insert(classad2: Any, ad: Any, line: str) -> bool:
 
 def main() -> int:
     """The child: a JSON list of lines on stdin, one JSON object out."""
-    import classad2  # noqa: F401 - loaded while the parent still waits for the ad
-
+    evaluate(['Warm = strcat("a", "b") + 1'])  # classad2 loaded and its parser run while the ad arrives
     lines = json.loads(sys.stdin.buffer.read())
     entries, dropped = evaluate(lines)
     sys.stdout.write(json.dumps({"entries": entries, "dropped": dropped}))
     sys.stdout.flush()
+    os.close(1)  # EOF now: the gahp need not wait for this interpreter's teardown
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for whatever prints at exit
     return 0
 
 

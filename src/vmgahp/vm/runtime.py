@@ -182,7 +182,9 @@ class Runtime:
                 ad_reader.prepare()  # its interpreter and classad2 load while the ad arrives
                 from vmgahp.vm import cdrom  # noqa: F401 - as model
 
-                self._get_hypervisor().network_plan()
+                hypervisor = self._get_hypervisor()
+                hypervisor.network_plan()
+                hypervisor.warm_up()
             except Exception as exc:  # START will report it properly
                 log.get().info("prepare_failed", detail=repr(exc))
 

@@ -228,6 +228,9 @@ class LibvirtHypervisor(Hypervisor):
             raise GahpError(tokens.CRITICAL, f"cannot build the domain XML: {exc}") from exc
 
     # ------------------------------------------------------------------ disks
+    def warm_up(self) -> None:
+        from vmgahp.drivers.libvirt import job_ad  # noqa: F401 - its pydantic models, built before START
+
     def read_job(self, ad: JobAd, job: VmJob, user: JobUser | None) -> VmJob:
         from vmgahp.drivers.libvirt import job_ad  # pydantic: not on the probe's and banner's path
 
