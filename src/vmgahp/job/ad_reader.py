@@ -69,8 +69,8 @@ def _exchange(child: subprocess.Popen, data: bytes) -> bytes:
     assert child.stdin is not None and child.stdout is not None
     child.stdin.write(data)
     child.stdin.close()
-    reader = threading.Thread(target=lambda: answer.append(child.stdout.read()), daemon=True)  # type: ignore[union-attr]
     answer: list[bytes] = []
+    reader = threading.Thread(target=lambda: answer.append(child.stdout.read()), daemon=True)  # type: ignore[union-attr]
     reader.start()
     reader.join(CHILD_TIMEOUT)
     if reader.is_alive() or not answer or not answer[0]:
