@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import textwrap
 import time
 import uuid
@@ -185,6 +186,18 @@ def test_restore_of_garbage_file_fails(hv: LibvirtHypervisor, tmp_path: Path) ->
     with pytest.raises(JobImageError) as info:  # the saved state cannot be restored: the job's
         hv.restore(make_job(tmp_path), SavedState((bad.name,)))
     assert str(bad) in info.value.message
+
+
+def test_restore_whose_error_text_is_not_utf8_is_the_jobs(hv: LibvirtHypervisor, tmp_path: Path) -> None:
+    """libvirt quotes the image's bytes in its XML error; libvirt-python cannot
+    decode them and raises SystemError from the call (and UnicodeDecodeError
+    from libvirtError()). The test driver's save format: magic, length, XML."""
+    xml = b"<domain type='test'><name>x\xff\x83y</name></domain>"
+    bad = tmp_path / "damaged"
+    bad.write_bytes(b"TestGuestMagic\0" + len(xml).to_bytes(4, sys.byteorder) + xml)
+    with pytest.raises(JobImageError, match="not proper UTF-8") as info:
+        hv.restore(make_job(tmp_path), SavedState((bad.name,)))
+    assert "\ufffd" in info.value.message
 
 
 def test_missing_domain(hv: LibvirtHypervisor, tmp_path: Path) -> None:

@@ -199,3 +199,27 @@ def test_real_damaged_compressed_state_is_the_jobs_and_leaves_no_domain(
         assert hv.lookup(job.name) is None
     finally:
         hv.destroy_by_name(job.name)
+
+
+def test_real_state_whose_error_text_is_not_utf8_is_the_jobs(
+        hv: LibvirtHypervisor, libvirtd: Libvirtd, tmp_path: Path) -> None:
+    """libvirt quotes a damaged image's bytes in its error; libvirt-python
+    cannot decode them and raises SystemError, which must still be the job's
+    image error (CI met it through QEMU's text about a flipped byte)."""
+    plain = LibvirtHypervisor(settings(VM_KVM_LIBVIRT_URI=libvirtd.uri, VM_KVM_DOMAIN_TYPE="qemu",
+                                       VM_CHECKPOINT_COMPRESSION="false"), "kvm")
+    job, domain = _running(plain, tmp_path)
+    try:
+        saved = domain.save(tmp_path, "")
+        state = tmp_path / saved.files[0]
+        data = bytearray(state.read_bytes())
+        at = data.index(b"<name>") + len(b"<name>")
+        data[at:at + 2] = b"\xff\x83"  # same length: the header's sizes still hold
+        state.write_bytes(bytes(data))
+        with pytest.raises(JobImageError, match="not proper UTF-8") as caught:
+            plain.restore(job, saved)
+        assert "\ufffd" in str(caught.value)
+        assert plain.lookup(job.name) is None
+    finally:
+        plain.destroy_by_name(job.name)
+        plain.close()

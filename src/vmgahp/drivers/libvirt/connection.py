@@ -21,7 +21,7 @@ import libvirt
 
 from vmgahp import log
 from vmgahp.drivers.base import HostError
-from vmgahp.drivers.libvirt.faults import error_code, error_message, is_connection_error
+from vmgahp.drivers.libvirt.faults import error_code, error_message, is_connection_error, readable
 
 T = TypeVar("T")
 
@@ -73,14 +73,15 @@ class LibvirtConnection:
         if ``retry``, run it once more on a new one."""
         conn = self.get()
         try:
-            return fn(conn)
+            return readable(lambda: fn(conn))
         except libvirt.libvirtError as exc:
             if not is_connection_error(exc):
                 raise
             self.invalidate(conn, error_message(exc))
             if not retry:
                 raise
-        return fn(self.get())
+        again = self.get()
+        return readable(lambda: fn(again))
 
     def invalidate(self, conn: libvirt.virConnect | None = None, reason: str = "") -> None:
         """Forget the connection (only if it is still ``conn``) so the next call reopens."""

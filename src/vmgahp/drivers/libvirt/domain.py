@@ -16,7 +16,7 @@ import libvirt
 from vmgahp import log
 from vmgahp.drivers.base import Domain, DomainInfo, DomainState, HypervisorError, SavedState
 from vmgahp.drivers.libvirt.connection import LibvirtConnection
-from vmgahp.drivers.libvirt.faults import hypervisor_error, is_flag_refused, is_no_domain, is_not_running
+from vmgahp.drivers.libvirt.faults import hypervisor_error, is_flag_refused, is_no_domain, is_not_running, readable
 
 POLL_SECONDS = 0.2
 # QEMU drops a power-button press the guest has not enabled yet (firmware,
@@ -85,7 +85,7 @@ class LibvirtDomain(Domain):
         if dom is None:
             return None
         try:
-            return dom.state()[0]
+            return readable(dom.state)[0]
         except libvirt.libvirtError as exc:
             if is_no_domain(exc):
                 return None
@@ -113,7 +113,7 @@ class LibvirtDomain(Domain):
     def pause(self) -> None:
         dom = self._require("pause")
         try:
-            dom.suspend()
+            readable(dom.suspend)
         except libvirt.libvirtError as exc:
             # Drivers disagree on the error for "already paused" (the test
             # driver says internal error), so look at the state instead.
@@ -124,7 +124,7 @@ class LibvirtDomain(Domain):
     def unpause(self) -> None:
         dom = self._require("unpause")
         try:
-            dom.resume()
+            readable(dom.resume)
         except libvirt.libvirtError as exc:
             if self._raw_state() in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
                 return  # already running
@@ -133,7 +133,7 @@ class LibvirtDomain(Domain):
     def describe(self) -> str:
         """The live domain XML (with the MAC libvirt chose, if the job gave none)."""
         try:
-            return self._require("describe").XMLDesc(0)
+            return readable(lambda: self._require("describe").XMLDesc(0))
         except libvirt.libvirtError as exc:
             raise hypervisor_error(exc, f"XML of {self.name}") from exc
 
@@ -158,11 +158,11 @@ class LibvirtDomain(Domain):
 
         def run_save(path: str) -> None:
             try:
-                dom.saveFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                readable(lambda: dom.saveFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING))
             except libvirt.libvirtError as exc:
                 if not is_flag_refused(exc):
                     raise
-                dom.save(path)  # the test driver refuses the flag
+                readable(lambda: dom.save(path))  # the test driver refuses the flag
 
         started = time.monotonic()
         compressed = False
@@ -190,11 +190,11 @@ class LibvirtDomain(Domain):
         if state == libvirt.VIR_DOMAIN_PAUSED:
             # A paused guest cannot see the ACPI button.
             try:
-                dom.resume()
+                readable(dom.resume)
             except libvirt.libvirtError as exc:
                 log.get().warning("shutdown_resume_failed", name=self.name, detail=str(exc))
         try:
-            dom.shutdown()
+            readable(dom.shutdown)
         except libvirt.libvirtError as exc:
             if is_no_domain(exc):
                 self._ended()
@@ -230,7 +230,7 @@ class LibvirtDomain(Domain):
         if dom is None:
             return
         try:
-            dom.shutdown()
+            readable(dom.shutdown)
         except libvirt.libvirtError as exc:
             # Usually it powered off meanwhile; the next poll sees that.
             log.get().debug("shutdown_repeat_failed", name=self.name, detail=str(exc))
@@ -241,7 +241,7 @@ class LibvirtDomain(Domain):
             self._ended()
             return
         try:
-            dom.destroy()
+            readable(dom.destroy)
         except libvirt.libvirtError as exc:
             # Gone meanwhile, or a persistent domain that is already off.
             if is_no_domain(exc) or is_not_running(exc):

@@ -368,8 +368,7 @@ class LibvirtHypervisor(Hypervisor):
         """End the domain a failed restore is filling (ours: restore checked
         that no domain had its name)."""
         try:
-            domain = self.connection.call(lambda conn: conn.lookupByName(name))
-            domain.destroy()
+            self.connection.call(lambda conn: conn.lookupByName(name).destroy())
             log.get().warning("restore_stream_failed", name=name, action="domain destroyed")
         except libvirt.libvirtError:
             pass  # not there yet, or already gone

@@ -7,6 +7,8 @@ combinations the driver reacts to into names.
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import libvirt
 
 from vmgahp.drivers.base import HostError, HypervisorError
@@ -21,6 +23,44 @@ _DEAD_CODES = frozenset({libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_NO_CONNEC
 _FLAG_CODES = frozenset(
     {libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED}
 )
+
+T = TypeVar("T")
+
+
+class UndecodableError(libvirt.libvirtError):
+    """A libvirt error whose text is not UTF-8.
+
+    QEMU's complaint about a damaged save image quotes the image's bytes, and
+    libvirt-python cannot decode them: the call then raises SystemError (its
+    error callback failed) and ``libvirtError()`` itself raises
+    UnicodeDecodeError (it reads the same last error). This carries what can
+    be read, so the callers' ``except libvirtError`` sees an ordinary error.
+    """
+
+    def __init__(self, text: bytes) -> None:
+        message = text.decode("utf-8", "replace")
+        Exception.__init__(self, message)
+        code, domain = libvirt.virGetLastErrorCode(), libvirt.virGetLastErrorDomain()
+        # The shape of libvirt's error tuple, so get_error_code() and friends work.
+        self.err = (code, domain, message, libvirt.VIR_ERR_ERROR, None, None, None, -1, -1)
+        # A libvirtError() made later in this thread with no new failure would read it again.
+        libvirt.virResetLastError()
+
+
+def readable(fn: Callable[[], T]) -> T:
+    """``fn()``, a libvirt call, with an undecodable error turned into
+    :class:`UndecodableError`."""
+    try:
+        return fn()
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if not isinstance(cause, UnicodeDecodeError) or not isinstance(cause.object, bytes):
+            raise
+        raise UndecodableError(cause.object) from exc
+    except UnicodeDecodeError as exc:
+        if not isinstance(exc.object, bytes):
+            raise
+        raise UndecodableError(exc.object) from exc
 
 
 def error_code(exc: BaseException) -> int | None:
