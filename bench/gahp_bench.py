@@ -8,8 +8,8 @@
 * round trips, back to back: ``COMMANDS``, and ``CONDOR_VM_STATUS`` to its
   ``S`` - once with the previous STATUS's result collected first (as the
   starter sends them, one per interval) and once with no wait at all, where
-  each STATUS's worker thread competes with the next line for the
-  interpreter; target < 100 µs;
+  each STATUS's read (on the reader thread) competes with the next line for
+  the interpreter; target < 100 µs;
 * memory after the handshake (RSS, PSS, private).
 
 Everything here runs against libvirt's built-in ``test:///default``
@@ -104,7 +104,7 @@ def round_trips(runs: int) -> list[Row]:
         Row("STATUS -> S, previous result collected", median(paced) * 1e6, "µs", commands_us, "COMMANDS",
             "< 100 µs", median(paced) * 1e6 < 100),
         Row("STATUS -> S, back to back (no wait)", median(flood) * 1e6, "µs", commands_us, "COMMANDS",
-            "< 100 µs", median(flood) * 1e6 < 100, "each STATUS's worker competes with the next line"),
+            "< 100 µs", median(flood) * 1e6 < 100, "each STATUS's read competes with the next line"),
         Row("memory idle after handshake (RSS)", idle[0], "MB", note=f"PSS {idle[1]:.1f} MB, private {idle[2]:.1f} MB"),
     ]
 

@@ -168,6 +168,26 @@ def test_hung_calls_are_capped(rigs, monkeypatch) -> None:
     assert rig.call("CONDOR_VM_STATUS", vm)[0]
 
 
+def test_a_hung_status_does_not_hold_up_the_next_one(rigs) -> None:
+    """STATUS runs on the read lane: the watchdog answers the hung one at its
+    deadline, a new reader serves the other VM, and the late result is no
+    second answer."""
+    assert wait_until(lambda: deadline.hung_calls() == 0)  # the count is global
+    rig = rigs(call_timeout=0.5)
+    first, second = other_job(rig, 1), other_job(rig, 2)
+    gate = rig.hv.faults.block("info", name="alice_example.org_1.0")
+    hung = rig.submit("CONDOR_VM_STATUS", first)
+    assert gate.wait_entered(1)
+    assert rig.report.wait(hung) == (False, tokens.INTERNAL)
+    ok, text = rig.call("CONDOR_VM_STATUS", second)
+    assert ok and text.startswith("STATUS=Running"), text
+    assert not gate.wait_entered(2, NOT_YET)  # the hung call was not repeated
+    gate.release()
+    assert wait_until(lambda: deadline.hung_calls() == 0)
+    assert rig.report.answer(hung) == (False, tokens.INTERNAL)
+    assert rig.report.order().count(hung) == 1
+
+
 def test_start_that_completes_late_is_destroyed(rigs) -> None:
     rig = rigs(call_timeout=0.3)
     gate = rig.hv.faults.block("create")

@@ -35,6 +35,25 @@ def hung_calls() -> int:
         return _hung
 
 
+def may_leave_another() -> bool:
+    """Whether one more call may be given up on and left running."""
+    return hung_calls() < MAX_HUNG_CALLS
+
+
+def note_abandoned() -> None:
+    """A call was given up on; its thread runs on."""
+    global _hung
+    with _hung_lock:
+        _hung += 1
+
+
+def note_late_end() -> None:
+    """A call given up on has ended."""
+    global _hung
+    with _hung_lock:
+        _hung -= 1
+
+
 class DeadlineCall(Generic[T]):
     """One call in its own thread. A hung hypervisor leaves threads behind;
     at most ``MAX_HUNG_CALLS`` may be left at a time - past that a new call
@@ -42,7 +61,7 @@ class DeadlineCall(Generic[T]):
 
     def __init__(self, fn: Callable[[], T], name: str = "vmgahp-call", *, essential: bool = False) -> None:
         # ``essential``: the clean-up that destroys VMs at exit is tried whatever hangs.
-        if not essential and hung_calls() >= MAX_HUNG_CALLS:
+        if not essential and not may_leave_another():
             raise DeadlineExceeded(f"{MAX_HUNG_CALLS} earlier calls are still hung; not starting another")
         # Log bindings (request and VM ids) follow the call into its thread.
         self._context = contextvars.copy_context()
@@ -61,27 +80,23 @@ class DeadlineCall(Generic[T]):
             self._result = self._context.run(self._fn)
         except BaseException as exc:  # handed to the waiting caller
             self._error = exc
-        global _hung
         with self._lock:
             self._done.set()
             abandoned = self._abandoned
             late = self._on_late if abandoned else None
         if abandoned:
-            with _hung_lock:
-                _hung -= 1
+            note_late_end()
         if late is not None:
             late(self._result, self._error)
 
     def wait(self, timeout: float, on_late: LateHandler | None = None) -> T:
         """The call's result; raises its exception, or DeadlineExceeded."""
-        global _hung
         self._done.wait(timeout)
         with self._lock:
             if not self._done.is_set():
                 self._abandoned = True
                 self._on_late = on_late
-                with _hung_lock:
-                    _hung += 1
+                note_abandoned()
                 raise DeadlineExceeded(f"no answer within {timeout:g} s")
         if self._error is not None:
             raise self._error

@@ -2,8 +2,9 @@
 
 * A bounded pool of worker threads (``VM_GAHP_WORKERS``) runs the requests.
 * Mutating commands for one VM run one at a time, in arrival order (a FIFO
-  per VM id); STATUS and GETPID never wait behind them, so a STATUS is
-  answered while a CHECKPOINT of the same VM is still saving memory.
+  per VM id); STATUS and GETPID never wait behind them - they run on their
+  own reader thread (:mod:`read_lane`) - so a STATUS is answered while a
+  CHECKPOINT of the same VM is still saving memory.
 * Every operation runs under a deadline (``VM_GAHP_CALL_TIMEOUT``); past it
   the request fails with ``VMGAHP_ERR_INTERNAL`` and the gahp lives on. A
   START that completes after its deadline has its VM destroyed.
@@ -33,6 +34,7 @@ from vmgahp.protocol.session import Request
 from vmgahp.settings import Settings
 from vmgahp.vm.deadline import DeadlineCall, DeadlineExceeded
 from vmgahp.vm.lifecycle import CpuUtilization, VirtualMachine
+from vmgahp.vm.read_lane import Read, ReadLane
 
 Report = Callable[[int, bool, str], None]
 HypervisorFactory = Callable[[str, Settings], Hypervisor]
@@ -65,6 +67,8 @@ class Runtime:
         self._report = report
         self._factory = hypervisor_factory
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="vmgahp-worker")
+        # Its watchdog answers a hung read within a tick of its deadline.
+        self._reads = ReadLane(tick=min(1.0, max(0.01, settings.call_timeout / 20)))
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._hypervisor: Hypervisor | None = None
@@ -97,7 +101,11 @@ class Runtime:
                                 detail=f"{MAX_BACKLOG} requests are still unfinished (or the gahp is ending)")
             self._report(request.request_id, False, tokens.INTERNAL)
             return
-        if request.command == "CONDOR_VM_START" or request.command in READ_ONLY:
+        if request.command in READ_ONLY:
+            self._reads.submit(Read(functools.partial(self._execute, request), functools.partial(self._expire, request),
+                                    accepted + self.settings.call_timeout))
+            return
+        if request.command == "CONDOR_VM_START":
             self._pool.submit(self._execute, request)
             return
         with self._lock:
@@ -120,13 +128,11 @@ class Runtime:
             self._execute(request)
 
     def _execute(self, request: Request) -> None:
-        """Run one request and report its result - always exactly once."""
-        ids: dict[str, Any] = {"req_id": request.request_id}
-        if request.command != "CONDOR_VM_START":
-            ids["vm_id"] = request.vm_id
+        """Run one request and report its result, unless the read lane's
+        watchdog has answered it already."""
         ok, text = False, tokens.INTERNAL
         try:
-            with log.bound(**ids, command=request.command):
+            with log.bound(**_ids(request), command=request.command):
                 ok, text = self._run(request)
                 if ok:
                     log.get().info("request_done", result=text or "NULL")
@@ -135,10 +141,25 @@ class Runtime:
                 log.get().exception("request_crashed", req_id=request.request_id, token=tokens.INTERNAL)
             ok, text = False, tokens.INTERNAL
         finally:
-            with self._lock:
-                self._backlog -= 1
-                self._accepted.pop(request.request_id, None)
-            self._report(request.request_id, ok, text)
+            if not self._finish(request.request_id, ok, text):
+                with log.bound(**_ids(request), command=request.command):
+                    log.get().info("late_result_dropped", result=text or "NULL",
+                                   detail="its deadline had passed and its failure was answered")
+
+    def _expire(self, request: Request, why: str) -> None:
+        """A read the lane gave up on: answered with a token, if still open."""
+        if self._finish(request.request_id, False, tokens.INTERNAL):
+            with log.bound(**_ids(request), command=request.command):
+                log.get().error("request_timed_out", token=tokens.INTERNAL, detail=why)
+
+    def _finish(self, request_id: int, ok: bool, text: str) -> bool:
+        """Report a result; the first of two for one request wins."""
+        with self._lock:
+            if self._accepted.pop(request_id, None) is None:
+                return False
+            self._backlog -= 1
+        self._report(request_id, ok, text)
+        return True
 
     def _run(self, request: Request) -> tuple[bool, str]:
         logger = log.get()
@@ -152,8 +173,11 @@ class Runtime:
             return False, tokens.INTERNAL
         is_start = request.command == "CONDOR_VM_START"
         try:
-            call = DeadlineCall(lambda: self._operate(request), name=f"vmgahp-req-{request.request_id}")
-            outcome = call.wait(timeout, on_late=self._destroy_late_vm if is_start else None)
+            if request.command in READ_ONLY:
+                outcome = self._operate(request)  # its lane keeps the deadline
+            else:
+                call = DeadlineCall(lambda: self._operate(request), name=f"vmgahp-req-{request.request_id}")
+                outcome = call.wait(timeout, on_late=self._destroy_late_vm if is_start else None)
         except DeadlineExceeded as exc:
             logger.error("request_timed_out", token=tokens.INTERNAL, detail=str(exc))
             return False, tokens.INTERNAL
@@ -305,6 +329,14 @@ class Runtime:
                     if call.wait(max(0.0, end - time.monotonic())):
                         log.get().info("vm_destroyed", name=name)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._reads.close()
         if hypervisor is not None:
             with contextlib.suppress(Exception):
                 hypervisor.close()
+
+
+def _ids(request: Request) -> dict[str, Any]:
+    """The log ids of a request (a START has no VM id yet)."""
+    if request.command == "CONDOR_VM_START":
+        return {"req_id": request.request_id}
+    return {"req_id": request.request_id, "vm_id": request.vm_id}
