@@ -134,17 +134,18 @@ class Runtime:
         try:
             with log.bound(**_ids(request), command=request.command):
                 ok, text = self._run(request)
-                if ok:
-                    log.get().info("request_done", result=text or "NULL")
         except BaseException:  # noqa: BLE001 - a bug must not lose the answer
             with contextlib.suppress(Exception):
                 log.get().exception("request_crashed", req_id=request.request_id, token=tokens.INTERNAL)
             ok, text = False, tokens.INTERNAL
         finally:
-            if not self._finish(request.request_id, ok, text):
-                with log.bound(**_ids(request), command=request.command):
+            answered = self._finish(request.request_id, ok, text)
+            with contextlib.suppress(Exception), log.bound(**_ids(request), command=request.command):
+                if not answered:
                     log.get().info("late_result_dropped", result=text or "NULL",
                                    detail="its deadline had passed and its failure was answered")
+                elif ok:
+                    log.get().info("request_done", result=text or "NULL")
 
     def _expire(self, request: Request, why: str) -> None:
         """A read the lane gave up on: answered with a token, if still open."""
