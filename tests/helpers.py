@@ -7,8 +7,9 @@ shared ones, the driver's own reader for the libvirt ones.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vmgahp.drivers.registry import knobs_for
 from vmgahp.gahp.config import settings_from
@@ -17,6 +18,16 @@ from vmgahp.settings import Settings
 TEST_URI = "test:///default"
 TESTS = Path(__file__).resolve().parent  # tests/: the shared data (transcripts, fixtures, scripts)
 TOP = TESTS.parent  # the checkout
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, every: float = 0.01) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` s pass (False)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(every)
+    return True
 
 
 def settings(vm_type: str = "kvm", **knobs: Any) -> Settings:

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from helpers import wait_until
 from vmgahp.vm import deadline
 from vmgahp.vm.read_lane import Read, ReadLane
 
@@ -30,15 +31,6 @@ def hung_base():
     """The global hung-call count once earlier tests' released calls ended."""
     assert wait_until(lambda: deadline.hung_calls() == 0)
     return deadline.hung_calls()
-
-
-def wait_until(predicate, timeout: float = WAIT) -> bool:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 class Outcomes:

@@ -17,6 +17,7 @@ import pytest
 
 from fake_vm import VM_NAME, WAIT, Rig, snapshot
 from gahp_process import job_ad
+from helpers import wait_until
 from vmgahp.drivers.base import HostError, JobImageError
 from vmgahp.drivers.fake import MEMORY
 from vmgahp.protocol import tokens
@@ -37,15 +38,6 @@ def rigs(tmp_path: Path):
     yield make
     for rig in made:
         rig.close()
-
-
-def wait_until(predicate, timeout: float = WAIT) -> bool:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def other_job(rig: Rig, cluster: int) -> int:
