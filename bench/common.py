@@ -28,6 +28,8 @@ from vmgahp.protocol.env import gahp_environment  # noqa: E402 - after the sys.p
 
 PYTHON = sys.executable
 GAHP = [PYTHON, "-m", "vmgahp"]
+SYSTEM_URI = "qemu:///system"
+SYSTEM_SOCKET = "/run/libvirt/libvirt-sock"
 
 
 def _compile_like_an_install() -> None:
@@ -43,8 +45,6 @@ def _compile_like_an_install() -> None:
 
 
 _compile_like_an_install()
-SYSTEM_URI = "qemu:///system"
-SYSTEM_SOCKET = "/run/libvirt/libvirt-sock"
 
 
 @dataclass
