@@ -7,11 +7,9 @@ run real QEMU guests (software emulation) under a real libvirtd.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -22,19 +20,6 @@ from faults import FreezableProxy, silent_socket
 from gahp_process import GAHP_ARGV, GahpProcess, gahp_env, job_ad
 
 VM_NAME = "alice_example.org_42.0"
-
-
-@pytest.fixture
-def work() -> Path:
-    """A scratch dir the job user (uid 1000) can reach, as on an execute node."""
-    path = Path(tempfile.mkdtemp(prefix="vmgahp-test-"))
-    os.chmod(path, 0o755)
-    disk = path / "disk.img"
-    with open(disk, "wb") as handle:
-        handle.truncate(1 << 20)
-    os.chown(disk, 1000, 1000)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

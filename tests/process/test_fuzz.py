@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -269,19 +266,6 @@ def test_session_bulk_random_lines():
 
 
 # ============================================================ level 3: the daemon process
-@pytest.fixture
-def work():
-    """A scratch dir with a disk image the job user (uid 1000) can read."""
-    path = Path(tempfile.mkdtemp(prefix="vmgahp-fuzz-"))
-    os.chmod(path, 0o755)
-    disk = path / "disk.img"
-    with open(disk, "wb") as handle:
-        handle.truncate(1 << 20)
-    os.chown(disk, 1000, 1000)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_daemon_answers_every_generated_line(work):
     """The process over pipes: every line outside an ad answered, in order,
     no word of 10 KiB, every S'd request's result once, COMMANDS and QUIT at the end."""

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -277,19 +275,6 @@ def test_several_writers_keep_max_num_files(tmp_path: Path):
 
 
 # ------------------------------------------------------------ the daemon
-@pytest.fixture
-def work() -> Path:
-    """A scratch dir the job user (uid 1000) can reach, with the job's disk."""
-    path = Path(tempfile.mkdtemp(prefix="vmgahp-log-"))
-    os.chmod(path, 0o755)
-    disk = path / "disk.img"
-    with open(disk, "wb") as handle:
-        handle.truncate(1 << 20)
-    os.chown(disk, 1000, 1000)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_the_gahp_rotates_its_log_in_text_with_the_job_id(work: Path):
     gahp = GahpProcess(work, MAX_VM_GAHP_LOG="2 Kb", MAX_NUM_VM_GAHP_LOG="2", VM_GAHP_LOG_FORMAT="text")
     try:

@@ -6,11 +6,7 @@ starter's pauses shortened, against the daemon on ``test:///default``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -62,18 +58,6 @@ def test_read_argv_asserts_on_a_10_kib_word() -> None:
 def test_banner_skips_to_the_dollar_and_drops_backslashes() -> None:
     emu = fed(b"noise $VMGahpVersion 0.0.1 May 1 2007 Condor\\ VMGAHP $\n", banner=True)
     assert emu.read_banner() == "$VMGahpVersion 0.0.1 May 1 2007 Condor VMGAHP $"
-
-
-@pytest.fixture
-def work() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="vmgahp-emu-"))
-    os.chmod(path, 0o755)
-    disk = path / "disk.img"
-    with open(disk, "wb") as handle:
-        handle.truncate(1 << 20)
-    os.chown(disk, 1000, 1000)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_conversation_on_the_test_hypervisor(work: Path) -> None:
