@@ -15,7 +15,6 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
 from vmgahp.drivers.libvirt.job_ad import XenBoot
 from vmgahp.job.model import Disk, VmJob
@@ -52,14 +51,6 @@ def xen_job(boot: XenBoot, **overrides: object) -> VmJob:
 def parse(xml: str) -> ET.Element:
     assert not xml.startswith("<?xml"), "no XML declaration expected"
     return ET.fromstring(xml)
-
-
-@pytest.fixture(scope="module")
-def test_conn() -> libvirt.virConnect:
-    install_error_handler()
-    conn = libvirt.open("test:///default")
-    yield conn
-    conn.close()
 
 
 def assert_valid(conn: libvirt.virConnect, xml: str) -> None:

@@ -38,7 +38,6 @@ import libvirt
 import pytest
 
 from helpers import TESTS, settings
-from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import XEN_HVMLOADER, DomainXmlError, build_domain_xml
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.errors import GahpError
@@ -193,14 +192,6 @@ def pretty(xml: str, workdir: Path, shared: Path) -> str:
     root = ET.fromstring(text)
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
-
-
-@pytest.fixture(scope="module")
-def test_conn() -> libvirt.virConnect:
-    install_error_handler()
-    conn = libvirt.open("test:///default")
-    yield conn
-    conn.close()
 
 
 def define_validated(conn: libvirt.virConnect, xml: str) -> str:

@@ -18,7 +18,6 @@ import libvirt
 import pytest
 
 from helpers import settings
-from vmgahp.drivers.libvirt.connection import install_error_handler
 from vmgahp.drivers.libvirt.domain_xml import build_domain_xml
 from vmgahp.drivers.libvirt.driver import LibvirtHypervisor
 from vmgahp.job.jobad import JobAd
@@ -72,14 +71,6 @@ def on_the_execute_node(tmp_path: Path, job: Job) -> VmJob:
     ad = JobAd([f'VM_WORKING_DIR = "{workdir}"', *job.ad_lines()])
     assert ad.dropped == []
     return attach_cdrom(build_job(ad, SETTINGS, NetworkPlan((), ""), None, LibvirtHypervisor(SETTINGS, "xen")))
-
-
-@pytest.fixture(scope="module")
-def test_conn() -> libvirt.virConnect:
-    install_error_handler()
-    conn = libvirt.open("test:///default")
-    yield conn
-    conn.close()
 
 
 def defined(conn: libvirt.virConnect, vm: VmJob) -> ET.Element:
